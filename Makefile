@@ -1,0 +1,28 @@
+# Everything a fresh machine needs: `make test`, `make demo`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when the project's dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m avhgr demo --out demo_out
+
+bench: setup
+	$(PY) bench/preprocess_throughput.py
+
+clean:
+	rm -rf $(VENV) demo_out

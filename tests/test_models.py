@@ -1,0 +1,126 @@
+"""Forward and backward of the networks on small inputs."""
+
+import pytest
+import torch
+
+from avhgr.models import FEATURE_DIM, AVHGRModel, FusionNet, ModalityNet, PretrainedWeightsError, build_backbone
+from avhgr.losses import correlation_loss
+
+NUM_CLASSES = 6
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    n = 4
+    return torch.randn(n, 3, 32, 32), torch.randn(n, 1, 32, 32), torch.tensor([0, 3, 5, 1])
+
+
+@pytest.mark.parametrize("layers", [1, 2, 4])
+@pytest.mark.parametrize("scenario", ["both", "audio_missing", "visual_missing", "per_row"])
+def test_joint_forward_backward(batch, layers, scenario):
+    visual, audio, labels = batch
+    torch.manual_seed(1)
+    model = AVHGRModel(NUM_CLASSES, backbone="resnet18", fusion_layers=layers)
+    hidden_linears = [m for m in model.fusion.hidden if isinstance(m, torch.nn.Linear)]
+    assert len(hidden_linears) == layers
+    kwargs = dict(visual=visual, audio=audio, labels=labels)
+    if scenario == "audio_missing":
+        kwargs["audio"] = None
+    elif scenario == "visual_missing":
+        kwargs["visual"] = None
+    elif scenario == "per_row":
+        kwargs["visual_present"] = torch.tensor([True, False, True, True])
+        kwargs["audio_present"] = torch.tensor([True, True, False, False])
+    out = model(**kwargs)
+    n = labels.shape[0]
+    assert out.logits.shape == (n, NUM_CLASSES)
+    assert out.f.shape == out.g.shape == out.h.shape == (n, FEATURE_DIM)
+    if scenario == "audio_missing":
+        assert (out.g == 0).all() and (out.f != 0).any()
+    if scenario == "visual_missing":
+        assert (out.f == 0).all() and (out.g != 0).any()
+    if scenario == "per_row":
+        assert (out.f[1] == 0).all() and (out.f[0] != 0).any()
+        assert (out.g[2:] == 0).all() and (out.g[:2] != 0).any()
+    loss = torch.nn.functional.cross_entropy(out.logits, labels) + correlation_loss(out.f, out.g, out.h)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.fusion.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+    if scenario == "audio_missing":
+        assert all(p.grad is None for p in model.audio.parameters())
+    else:
+        assert model.audio.backbone.fc.weight.grad is not None
+
+
+def test_missing_rows_do_not_touch_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = AVHGRModel(NUM_CLASSES, backbone="resnet18")
+    bn = model.visual.backbone.bn1
+    visual = torch.randn(3, 3, 32, 32)
+    present = torch.tensor([True, True, False])
+    model(visual=visual, audio=torch.randn(3, 1, 32, 32), visual_present=present)
+    after_masked = bn.running_mean.clone()
+    bn.reset_running_stats()
+    visual_garbage = visual.clone()
+    visual_garbage[2] = 1e6  # an absent row's content must not matter
+    model(visual=visual_garbage, audio=torch.randn(3, 1, 32, 32), visual_present=present)
+    assert torch.allclose(bn.running_mean, after_masked)
+
+
+def test_modality_net_classifies_one_or_three_channels():
+    net = ModalityNet(NUM_CLASSES, "resnet18")
+    assert net(torch.randn(2, 1, 40, 40)).shape == (2, NUM_CLASSES)
+    assert net.features(torch.randn(2, 3, 40, 40)).shape == (2, FEATURE_DIM)
+
+
+def test_resnet50_feature_layer_is_512():
+    net = build_backbone("resnet50")
+    assert net.fc.in_features == 2048 and net.fc.out_features == FEATURE_DIM
+
+
+def test_fusion_rejects_other_depths():
+    with pytest.raises(ValueError, match="1, 2 or 4"):
+        FusionNet(NUM_CLASSES, layers=3)
+
+
+def test_pretrained_from_local_state_dict(tmp_path):
+    source = build_backbone("resnet18")
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = build_backbone("resnet18", pretrained=path)
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+    assert not torch.equal(source.conv1.weight, reference.conv1.weight)
+    assert loaded.fc.out_features == FEATURE_DIM  # the ImageNet classifier was not kept
+
+
+def test_pretrained_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(PretrainedWeightsError, match="no such weights file"):
+        build_backbone("resnet18", pretrained=tmp_path / "missing.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedWeightsError, match="cannot read weights"):
+        build_backbone("resnet18", pretrained=junk)
+    import torchvision
+
+    wrong = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), wrong)
+    with pytest.raises(PretrainedWeightsError, match="does not match resnet18"):
+        build_backbone("resnet18", pretrained=wrong)
+
+
+def test_imagenet_offline_fails_clearly(tmp_path, monkeypatch):
+    # An empty torch hub cache and no network: the download must fail with our message.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import torch.hub
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
+    with pytest.raises(PretrainedWeightsError, match="offline"):
+        build_backbone("resnet18", pretrained="imagenet")
