@@ -1,0 +1,91 @@
+"""Face crops from key frames with MTCNN (facenet-pytorch; its weights ship inside the wheel).
+
+Per video: MTCNN runs on all key frames as one batch, on frames downscaled so their longer
+side is ``detect_size`` pixels; the most confident face's box is scaled back and the square
+crop is cut from the full-resolution frame, then resized to ``face_size``. A window with no
+face reuses the box of the nearest window (in time) of the same video that has one; a video
+with no face at all gets centre crops. Each window records whether its own face was found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Box = tuple[float, float, float, float]
+
+
+class FaceCropper:
+    def __init__(
+        self, face_size: int = 224, margin: float = 0.0, detect_size: int = 480, min_face: int = 40, device: str = "cpu"
+    ):
+        from facenet_pytorch import MTCNN  # imported here: loading it costs a second
+
+        self.face_size = face_size
+        self.margin = margin
+        self.detect_size = detect_size
+        self.device = torch.device(device)
+        # select_largest=False: boxes come sorted by confidence; we keep the first.
+        self.mtcnn = MTCNN(
+            keep_all=True, select_largest=False, post_process=False, min_face_size=min_face, device=self.device
+        )
+
+    def detect(self, frames: list[np.ndarray]) -> list[tuple[Box, float] | None]:
+        """The most confident face box (full-resolution pixels) and its probability, per frame."""
+        out: list[tuple[Box, float] | None] = [None] * len(frames)
+        # MTCNN batches only frames of one size; a video's frames share one, but be safe.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, fr in enumerate(frames):
+            by_shape.setdefault(fr.shape, []).append(i)
+        for shape, idx in by_shape.items():
+            h, w = shape[:2]
+            scale = min(1.0, self.detect_size / max(h, w))
+            batch = torch.from_numpy(np.stack([frames[i] for i in idx])).to(self.device)
+            if scale < 1.0:
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                batch = F.interpolate(batch.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", antialias=True)
+                batch = batch.clamp(0, 255).permute(0, 2, 3, 1)
+            boxes, probs = self.mtcnn.detect(batch.float())
+            for j, i in enumerate(idx):
+                if boxes[j] is None or len(boxes[j]) == 0:
+                    continue
+                box = np.asarray(boxes[j], dtype=np.float64)[0] / scale  # numpy 2: object arrays
+                out[i] = (tuple(float(v) for v in box), float(np.asarray(probs[j], dtype=np.float64)[0]))
+        return out
+
+    def crop(self, frame: np.ndarray, box: Box | None) -> np.ndarray:
+        """A square crop around ``box`` (centre crop when None), resized to face_size × face_size."""
+        h, w = frame.shape[:2]
+        if box is None:
+            side = min(h, w)
+            cx, cy = w / 2, h / 2
+        else:
+            x1, y1, x2, y2 = box
+            side = max(x2 - x1, y2 - y1) * (1.0 + self.margin)
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        side = max(side, 2.0)
+        left, top = round(cx - side / 2), round(cy - side / 2)
+        right, bottom = left + round(side), top + round(side)
+        # PIL pads whatever falls outside the frame with black.
+        crop = Image.fromarray(frame).crop((left, top, right, bottom))
+        return np.asarray(crop.resize((self.face_size, self.face_size), Image.BILINEAR), dtype=np.uint8)
+
+    def crop_video(self, frames: list[np.ndarray], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Face crops (n, S, S, 3) uint8 and a bool per window: was a face found in its frame."""
+        detections = self.detect(frames)
+        found = np.array([d is not None for d in detections], dtype=bool)
+        times = np.asarray(times, dtype=np.float64)
+        faces = np.empty((len(frames), self.face_size, self.face_size, 3), dtype=np.uint8)
+        with_face = np.flatnonzero(found)
+        for i, frame in enumerate(frames):
+            if found[i]:
+                box = detections[i][0]
+            elif len(with_face):
+                nearest = with_face[np.argmin(np.abs(times[with_face] - times[i]))]
+                box = detections[nearest][0]
+            else:
+                box = None
+            faces[i] = self.crop(frame, box)
+        return faces, found

@@ -1,0 +1,55 @@
+"""Pictures a person would rather look at than read: contact sheets, confusion matrices, curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> Path:
+    """Face crop and spectrogram of a few windows of each class, labelled, in one PNG."""
+    rng = np.random.default_rng(seed)
+    w = cache.windows
+    columns = []
+    for ci, name in enumerate(cache.classes):
+        rows = np.flatnonzero(w["label_idx"] == ci)
+        # One window per video where possible, so the sheet shows different people and takes.
+        by_video = {}
+        for r in rng.permutation(rows):
+            by_video.setdefault(int(w["video"][r]), r)
+        columns += [(name, r) for r in list(by_video.values())[:per_class]]
+    if not columns:
+        raise ValueError(f"{cache.root}: the cache has no windows to show")
+    n = len(columns)
+    ncols = min(n, 8)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(2.0 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (name, r) in enumerate(columns):
+        row, col = divmod(k, ncols)
+        face_ax, spec_ax = axes[2 * row, col], axes[2 * row + 1, col]
+        if w["face_row"][r] >= 0:
+            face_ax.imshow(cache.faces[w["face_row"][r]])
+            flag = "" if w["face_found"][r] else " (no face: reused box)"
+        else:
+            face_ax.text(0.5, 0.5, "no video", ha="center", va="center")
+            flag = ""
+        subject = w["subject"][r]
+        face_ax.set_title(f"{name}\n{subject} t={w['key_time'][r]:.2f}s{flag}", fontsize=7)
+        if w["spec_row"][r] >= 0:
+            spec_ax.imshow(np.asarray(cache.spectrograms[w["spec_row"][r]], dtype=np.float32), origin="lower", aspect="auto", cmap="magma")
+        else:
+            spec_ax.text(0.5, 0.5, "no audio", ha="center", va="center")
+    fig.suptitle(f"{Path(cache.root).name}: faces (top) and log-Mel spectrograms (below), {cache.num_windows} windows", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,149 @@
+"""From a video file to its windows: the one code path shared by `preprocess` and `predict`.
+
+    probe -> random windows (seeded per video) -> audio windows -> log-Mel spectrograms
+                                               -> key frames    -> MTCNN face crops
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from .cache import consolidate, is_done, prepare_cache_dir, write_failure, write_part
+from .datasets import Video
+from .decode import MediaError, probe, read_audio_windows, read_frames_at
+from .features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
+
+
+def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None) -> dict:
+    """Windows of one media file: arrays 'starts', 'key_times', 'specs' (if audio), 'faces' and
+    'face_found' (if video), and 'meta'. ``key`` names the file in the window seed (default: its
+    name), so windows do not depend on where the dataset lies. Raises MediaError."""
+    info = probe(path)
+    rng = np.random.default_rng(video_seed(settings.seed, key if key is not None else Path(path).name))
+    starts = sample_window_starts(info.duration, settings.windows, settings.window_seconds, rng)
+    key_times = key_frame_times(starts, settings.window_seconds, info.duration)
+    result: dict = {"starts": starts, "key_times": key_times}
+    has_audio = info.has_audio
+    if has_audio:
+        audio, n_samples = read_audio_windows(path, starts, settings.window_seconds, settings.sample_rate)
+        if n_samples == 0:
+            has_audio = False  # an audio stream with no decodable sample: treat as missing
+        else:
+            result["specs"] = log_mel(audio, settings).astype(np.float16)
+    if info.has_video:
+        frames = read_frames_at(path, key_times)
+        faces, found = cropper.crop_video(frames, key_times)
+        result["faces"], result["face_found"] = faces, found
+    result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}
+    return result
+
+
+def make_cropper(settings: FeatureSettings, device: str = "cpu"):
+    from .faces import FaceCropper
+
+    return FaceCropper(settings.face_size, settings.face_margin, settings.detect_size, settings.min_face, device)
+
+
+# --------------------------------------------------------------------------- workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(settings: FeatureSettings, device: str, threads: int) -> None:
+    import torch
+
+    # One thread per worker: results do not depend on the thread count, and workers don't fight.
+    torch.set_num_threads(threads)
+    _WORKER["settings"] = settings
+    _WORKER["cropper"] = make_cropper(settings, device)
+
+
+def _work(out: str, vid: int, path: str, rel_path: str) -> tuple[int, str | None]:
+    """Process one video and write its part file. Returns (vid, failure reason or None)."""
+    try:
+        result = process_file(path, _WORKER["settings"], _WORKER["cropper"], key=rel_path)
+        result["meta"]["rel_path"] = rel_path
+        write_part(Path(out), vid, result)
+        return vid, None
+    except MediaError as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 - any other failure of one file must not stop the run
+        reason = f"{type(exc).__name__}: {exc}"
+    write_failure(Path(out), vid, path, reason)
+    return vid, reason
+
+
+def run_preprocess(
+    videos: list[Video],
+    classes: list[str],
+    out: str | Path,
+    settings: FeatureSettings,
+    root: str | Path,
+    dataset: str,
+    workers: int = 1,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Preprocess ``videos`` into the cache folder ``out`` (resumable). Returns the report."""
+    import json
+
+    from tqdm import tqdm
+
+    out = Path(out)
+    root = Path(root)
+    cache_settings = {
+        "version": 1,
+        "dataset": dataset,
+        "classes": list(classes),
+        "features": settings.as_dict(),
+    }
+    if prepare_cache_dir(out, cache_settings, videos, overwrite):
+        return json.loads((out / "report.json").read_text())
+    base = root if root.is_dir() else root.parent
+    rel = [_relative(v.path, base) for v in videos]
+    todo = [i for i in range(len(videos)) if not is_done(out, i)]
+    t0 = time.time()
+    bar = tqdm(total=len(videos), initial=len(videos) - len(todo), desc="preprocess", unit="video", disable=not progress)
+    failures = 0
+    if workers <= 1:
+        _init_worker(settings, device, threads=1)
+        for i in todo:
+            _, reason = _work(str(out), i, str(videos[i].path), rel[i])
+            failures += reason is not None
+            bar.update(1)
+    else:
+        ctx = get_context("spawn")  # safe with torch; workers load MTCNN once each
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(settings, device, 1)) as pool:
+            pending = set()
+            queue = iter(todo)
+            # Keep a bounded number of tasks in flight so a huge dataset does not flood memory.
+            for i in queue:
+                pending.add(pool.submit(_work, str(out), i, str(videos[i].path), rel[i]))
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        failures += fut.result()[1] is not None
+                        bar.update(1)
+            for fut in pending:
+                failures += fut.result()[1] is not None
+                bar.update(1)
+    bar.close()
+    return consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
