@@ -174,6 +174,7 @@ def read_frames_at(path: str | Path, times: np.ndarray | list[float]) -> list[np
         k = 0  # next entry of `order` to fill
         prev = None  # (time, frame) of the last decoded frame
         decoded_any = False
+        sought_for = -1  # seek at most once per wanted time: a sparse-keyframe file may land far back
 
         def assign(frame_time: float, frame) -> None:
             nonlocal k
@@ -208,7 +209,8 @@ def read_frames_at(path: str | Path, times: np.ndarray | list[float]) -> list[np
                     return cache["rgb"]
 
                 prev = (ft, frame, lazy_rgb)
-                if k < len(order) and times[order[k]] - ft > SEEK_GAP_SECONDS:
+                if k < len(order) and k != sought_for and times[order[k]] - ft > SEEK_GAP_SECONDS:
+                    sought_for = k
                     target = times[order[k]] + start - 1.0  # land a little before, then decode forward
                     container.seek(int(max(target, 0) / tb), stream=stream, backward=True, any_frame=False)
                     demux = container.decode(stream)

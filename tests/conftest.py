@@ -1,0 +1,50 @@
+"""Shared fixtures: real media files generated with PyAV (nothing committed), and ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avhgr.synth import face_photo, place, tone, write_media
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def face_frames(n: int, size=(240, 320), scale=0.45, drift=0.0):
+    photo = face_photo()
+    h, w = size
+    return [place(size, photo, (w / 2 + drift * np.sin(i / 3), h / 2), scale) for i in range(n)]
+
+
+def gray_frames(n: int, size=(64, 96)):
+    """Frame i is uniformly gray at level 10 + 12·i: which frame came back can be read off."""
+    return [np.full((*size, 3), 10 + 12 * i, dtype=np.uint8) for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A small folder dataset (root/<label>/file) of good, odd and broken files."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "happiness").mkdir()
+    (root / "sadness").mkdir()
+    fps = 10
+    write_media(root / "happiness" / "face av.mp4", face_frames(20), fps, tone(2.0, 48_000, 200, channels=2))
+    write_media(root / "sadness" / "face_44k_stereo.mkv", face_frames(16, drift=20), fps, tone(1.6, 44_100, 300, channels=2), sample_rate=44_100)
+    write_media(root / "sadness" / "no_audio.mp4", face_frames(15), fps)
+    write_media(root / "happiness" / "audio_only_8k.wav", audio=tone(1.5, 8_000, 250), sample_rate=8_000)
+    write_media(root / "happiness" / "short_0.3s.mp4", face_frames(3), fps, tone(0.3, 48_000, 200))
+    write_media(root / "sadness" / "portrait.mp4", face_frames(12, size=(320, 180), scale=0.3), fps, tone(1.2, 48_000, 300))
+    good = (root / "happiness" / "face av.mp4").read_bytes()
+    (root / "sadness" / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    (root / "sadness" / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    (root / "happiness" / "empty.mp4").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not here (a fresh machine)")
+    return SHARED_DATA

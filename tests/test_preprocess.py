@@ -1,0 +1,167 @@
+"""From files to the cache: windows, spectrograms, faces, bad files, resume after kill -9."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avhgr.cache import Cache, CacheError
+from avhgr.datasets import index_dataset, select_emotions
+from avhgr.features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
+from avhgr.preprocess import run_preprocess
+
+SMALL = FeatureSettings(windows=4, face_size=48)
+
+
+def test_windows_are_reproducible_uniform_and_padded():
+    a = sample_window_starts(3.0, 30, 0.5, np.random.default_rng(video_seed(0, "x.mp4")))
+    b = sample_window_starts(3.0, 30, 0.5, np.random.default_rng(video_seed(0, "x.mp4")))
+    c = sample_window_starts(3.0, 30, 0.5, np.random.default_rng(video_seed(1, "x.mp4")))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 2.5 and len(np.unique(a)) == 30
+    short = sample_window_starts(0.43, 30, 0.5, np.random.default_rng(0))
+    assert (short == 0).all()
+    np.testing.assert_allclose(key_frame_times(short, 0.5, 0.43), 0.215)
+    np.testing.assert_allclose(key_frame_times(a, 0.5, 3.0), a + 0.25)
+
+
+def test_log_mel_is_94_by_94_and_sees_pitch():
+    s = FeatureSettings()
+    t = np.arange(24_000) / 48_000
+    low, high = np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 4000 * t)
+    spec = log_mel(np.stack([low, high]).astype(np.float32), s)
+    assert spec.shape == (2, 94, 94) and spec.dtype == np.float32
+    assert spec[0].mean(axis=1).argmax() < spec[1].mean(axis=1).argmax()
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache")
+    videos, classes = select_emotions(index_dataset("folder", corpus), "happiness,sadness")
+    report = run_preprocess(videos, classes, out, SMALL, corpus, "folder", workers=1, progress=False)
+    return out, report
+
+
+def test_corpus_cache_contents(corpus_cache):
+    out, report = corpus_cache
+    failed = {Path(f["path"]).name: f["reason"] for f in report["failed"]}
+    assert set(failed) == {"empty.mp4", "random_bytes.mp4", "truncated.mp4"} or set(failed) == {"empty.mp4", "random_bytes.mp4"}
+    assert "empty" in failed["empty.mp4"] and "not a readable media file" in failed["random_bytes.mp4"]
+    cache = Cache.open(out)
+    by_name = {Path(v["path"]).name: v for v in cache.videos}
+    assert by_name["no_audio.mp4"]["has_video"] and not by_name["no_audio.mp4"]["has_audio"]
+    assert by_name["audio_only_8k.wav"]["has_audio"] and not by_name["audio_only_8k.wav"]["has_video"]
+    assert by_name["short_0.3s.mp4"]["duration"] == pytest.approx(0.3, abs=0.1)
+    w = cache.windows
+    assert cache.num_windows == 4 * len(cache.videos)
+    assert cache.faces.shape[1:] == (48, 48, 3) and cache.faces.dtype == np.uint8
+    assert cache.spectrograms.shape[1:] == (94, 94) and cache.spectrograms.dtype == np.float16
+    assert (w["face_row"] >= 0).sum() == len(cache.faces) and (w["spec_row"] >= 0).sum() == len(cache.spectrograms)
+    assert ((w["face_row"] >= 0) == (w["has_video"] == 1)).all()
+    # Labels and the face detector: the astronaut's face is found in the face videos.
+    for name, label in [("face av.mp4", "happiness"), ("portrait.mp4", "sadness"), ("face_44k_stereo.mkv", "sadness")]:
+        rows = w["video"] == by_name[name]["id"]
+        assert (w["label"][rows] == label).all() and (w["label_idx"][rows] == cache.classes.index(label)).all()
+        assert w["face_found"][rows].all(), name
+    # A 0.3 s clip: windows start at 0, audio padded with silence after the clip.
+    rows = np.flatnonzero(w["video"] == by_name["short_0.3s.mp4"]["id"])
+    assert (w["start"][rows] == 0).all()
+    spec = np.asarray(cache.spectrograms[w["spec_row"][rows[0]]], dtype=np.float32)
+    assert spec[:, :40].mean() > spec[:, 70:].mean() + 20  # sound, then the padded silence
+    assert report["face_found_rate"] > 0.6
+
+
+def test_face_crop_is_centred_on_the_face(corpus_cache):
+    cache = Cache.open(corpus_cache[0])
+    name_to_id = {Path(v["path"]).name: v["id"] for v in cache.videos}
+    row = cache.windows["face_row"][np.flatnonzero(cache.windows["video"] == name_to_id["face av.mp4"])[0]]
+    face = cache.faces[row].astype(np.float32)
+    # The canvas around the photo is a flat 235 gray; a face crop holds little of it.
+    assert np.mean(np.all(np.abs(face - 235) < 3, axis=-1)) < 0.2
+
+
+def test_rerun_with_other_settings_is_refused_then_overwritten(corpus, tmp_path):
+    videos, classes = select_emotions(index_dataset("folder", corpus), "happiness,sadness")
+    videos = [v for v in videos if v.path.name.startswith("face")]
+    run_preprocess(videos, classes, tmp_path, SMALL, corpus, "folder", progress=False)
+    before = (tmp_path / "windows.csv").read_bytes()
+    other = FeatureSettings(windows=3, face_size=48)
+    with pytest.raises(CacheError, match=r"other settings \(features"):
+        run_preprocess(videos, classes, tmp_path, other, corpus, "folder", progress=False)
+    assert (tmp_path / "windows.csv").read_bytes() == before  # nothing was lost
+    run_preprocess(videos, classes, tmp_path, other, corpus, "folder", overwrite=True, progress=False)
+    assert Cache.open(tmp_path).num_windows == 3 * 2
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
+    data = tmp_path / "data" / "happiness"
+    data.mkdir(parents=True)
+    for i in range(6):
+        shutil.copy(corpus / "happiness" / "face av.mp4", data / f"clip{i}.mp4")
+    cmd = [sys.executable, "-m", "avhgr", "preprocess", "--dataset", "folder", "--root", str(tmp_path / "data"),
+           "--windows", "6", "--face-size", "48", "--workers", "1", "--emotions", "happiness"]  # fmt: skip
+    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "parts").is_dir() or not any((killed / "parts").glob("*.npz")):
+        assert time.time() < deadline, "no part file appeared"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "COMPLETE").exists(), "the run ended before it could be killed"
+    done_before = len(list((killed / "parts").glob("*.npz")))
+    assert 1 <= done_before < 6
+    with pytest.raises(CacheError, match="not finished"):
+        Cache.open(killed)
+    resumed = subprocess.run([*cmd, "--out", str(killed)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("faces.npy", "spectrograms.npy", "windows.csv", "videos.csv", "index.csv", "settings.json"):
+        assert (killed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_parallel_workers_give_the_same_cache(corpus, tmp_path):
+    videos, classes = select_emotions(index_dataset("folder", corpus), "happiness,sadness")
+    run_preprocess(videos, classes, tmp_path / "one", SMALL, corpus, "folder", workers=1, progress=False)
+    run_preprocess(videos, classes, tmp_path / "two", SMALL, corpus, "folder", workers=2, progress=False)
+    for name in ("faces.npy", "spectrograms.npy", "windows.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "avhgr", "preprocess", "--dataset", "ravdess", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and "nope: not a folder" in res.stderr
+
+
+# ------------------------------------------------------------------ real recordings
+
+
+def test_real_ravdess_av_clips(shared_data, tmp_path):
+    root = shared_data / "ravdess_av"
+    videos, classes = select_emotions(index_dataset("ravdess", root), "all")
+    assert len(videos) == 11 and classes == ["neutral", "sadness", "fear", "surprise"]
+    assert {v.subject for v in videos if v.label == "surprise"} == {"actor03", "actor04", "actor06", "actor09", "actor10"}
+    report = run_preprocess(videos[:2], classes, tmp_path, FeatureSettings(windows=6, face_size=64), root, "ravdess", progress=False)
+    assert report["videos_ok"] == 2 and report["face_found_rate"] == 1.0
+    assert Cache.open(tmp_path).spectrograms.shape == (12, 94, 94)
+
+
+def test_real_ravdess_speech_index(shared_data):
+    videos = index_dataset("ravdess", shared_data / "ravdess_speech")
+    assert len(videos) == 720
+    basic, classes = select_emotions(videos, "basic6")
+    assert len(basic) == 6 * 96 and classes[0] == "anger"
+    assert {v.subject for v in videos} == {f"actor{i:02d}" for i in range(1, 13)}
+    sample = next(v for v in videos if v.path.name == "03-01-07-02-01-02-11.flac")
+    assert sample.label == "disgust" and sample.subject == "actor11"
