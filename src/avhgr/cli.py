@@ -80,6 +80,130 @@ def inspect(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def train(
+    cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
+    out: Path = typer.Option(..., help="Run folder to write."),
+    corr: str = typer.Option("fgh", help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
+    lam: float = typer.Option(1.0, help="λ, the weight of the correlation loss."),
+    fusion_layers: int = typer.Option(2, help="Hidden layers of the fusion network: 1, 2 or 4."),
+    epochs: int = typer.Option(100, help="Epochs of the joint stage (and of stage 1 unless --pretrain-epochs)."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone)."),
+    batch_size: int = typer.Option(90),
+    lr: float = typer.Option(1e-3),
+    seed: int = typer.Option(0),
+    runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
+    backbone: str = typer.Option("resnet50", help="resnet18 | resnet34 | resnet50 | resnet101"),
+    pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
+    modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
+    split: str = typer.Option("random", help="random (70/15/15 by video, the paper) or actor (actor-disjoint)."),
+    labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
+    init_from: Optional[Path] = typer.Option(None, help="Start from this run's stage-1 networks (skips stage 1)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+):
+    """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
+    from .cache import CacheError
+    from .models import PretrainedWeightsError
+    from .train import RunError, TrainConfig, mean_std
+    from .train import train as run_training
+
+    try:
+        cfg = TrainConfig(
+            cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs,
+            pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
+            pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
+            split=split, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
+        )  # fmt: skip
+        result = run_training(cfg, runs, resume)
+    except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:
+        fail(str(exc))
+    if runs > 1:
+        typer.echo(f"test video accuracy over {runs} seeds: {mean_std(result['video_accuracy'])} %  ({out / 'summary.json'})")
+    else:
+        typer.echo(f"test video accuracy {100 * result['video_accuracy']:.2f} % on {result['videos']} videos  ({out / 'report.json'})")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder made by `avhgr train`."),
+    cache: Optional[Path] = typer.Option(None, help="The cache (default: the one the run was trained on)."),
+    missing: Optional[str] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
+    rate: float = typer.Option(0.0, help="Fraction of test videos missing it."),
+    seed: int = typer.Option(0, help="Seed of the choice of videos."),
+    device: str = typer.Option("auto"),
+    json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+):
+    """Video-level test accuracy of a run, optionally with a modality missing for some videos."""
+    import json
+
+    from .cache import CacheError
+    from .evaluate import evaluate_run
+    from .train import RunError
+
+    try:
+        result = evaluate_run(run, cache, missing, rate, seed, device)
+    except (RunError, CacheError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+        return
+    what = f", {result['videos_missing']} of them missing {missing}" if missing and rate > 0 else ""
+    typer.echo(f"video accuracy {100 * result['video_accuracy']:.2f} % on {result['videos']} test videos{what}")
+
+
+@app.command()
+def predict(
+    files: list[Path] = typer.Argument(..., help="Video (or audio) files."),
+    model: Path = typer.Option(..., "--model", help="A run folder made by `avhgr train`."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per file."),
+    timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
+    device: str = typer.Option("auto"),
+):
+    """The emotion in each file, from the same preprocessing as training."""
+    import json
+
+    from .decode import MediaError
+    from .predict import Predictor
+    from .train import RunError
+
+    try:
+        predictor = Predictor(model, device)
+    except RunError as exc:
+        fail(str(exc))
+    failed = 0
+    for path in files:
+        try:
+            result = predictor.predict_file(path, timeline)
+        except (MediaError, RunError) as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            failed += 1
+            continue
+        if json_out:
+            typer.echo(json.dumps(result))
+            continue
+        top = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+        note = f"  (no {' and no '.join(result['missing'])}: predicted from the other modality)" if result["missing"] else ""
+        typer.echo(f"{path}: {result['emotion']} {100 * top[0][1]:.0f} %  | " + "  ".join(f"{c} {100 * p:.0f}%" for c, p in top[1:4]) + note)
+        for w in result.get("timeline", []):
+            typer.echo(f"    {w['start']:7.2f}-{w['end']:.2f} s  {w['emotion']:10s} {100 * w['probability']:.0f} %")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="Folder for the corpus, cache, runs and report."),
+    per_class: int = typer.Option(8, help="Videos per class."),
+    epochs: int = typer.Option(6, help="Epochs per stage."),
+):
+    """The whole system on a built-in corpus of generated videos, offline, on the CPU."""
+    from .demo import run_demo
+
+    run_demo(out, per_class, epochs, epochs)
+
+
 def main():
     app()
 

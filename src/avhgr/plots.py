@@ -53,3 +53,29 @@ def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def confusion_png(matrix: np.ndarray, classes: list[str], out: str | Path, title: str = "") -> Path:
+    """A confusion matrix with counts and row percentages, true classes down, predictions across."""
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    size = 1.0 + 0.75 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if matrix[i, j]:
+                ax.text(j, i, f"{matrix[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,104 @@
+"""From a raw video file to emotion probabilities, with the preprocessing training used.
+
+A run folder's ``model.json`` says how the model was trained (classes, modalities, feature
+settings, spectrogram statistics); ``model.safetensors`` holds the weights (no code runs on
+load). The video-level prediction is the mean of the windows' class probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import make_batch
+from .features import FeatureSettings
+from .models import AVHGRModel, ModalityNet
+from .preprocess import make_cropper, process_file
+from .train import RunError, forward_logits, load_weights, resolve_device
+
+
+def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A run's trained model (eval mode, on ``device``) and its card (model.json)."""
+    run = Path(run)
+    card_path = run / "model.json"
+    if not card_path.exists():
+        raise RunError(f"{run}: no trained model here (model.json missing); train one with `avhgr train`")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{card_path}: unreadable ({exc})") from exc
+    classes = card["classes"]
+    if len(card["modalities"]) == 2:
+        model: torch.nn.Module = AVHGRModel(len(classes), card["backbone"], card["fusion_layers"])
+    else:
+        model = ModalityNet(len(classes), card["backbone"])
+    load_weights(model, run / "model.safetensors")
+    return model.to(device).eval(), card
+
+
+class Predictor:
+    def __init__(self, run: str | Path, device: str = "auto"):
+        self.device = resolve_device(device)
+        self.model, card = load_model(run, self.device)
+        self.classes: list[str] = card["classes"]
+        self.modalities: list[str] = card["modalities"]
+        self.audio_stats = tuple(card["audio_stats"])
+        self.settings = FeatureSettings(**card["features"])
+        self._cropper = None
+
+    @property
+    def cropper(self):
+        if self._cropper is None:  # MTCNN only when a file has video
+            self._cropper = make_cropper(self.settings, str(self.device))
+        return self._cropper
+
+    @torch.no_grad()
+    def predict_file(self, path: str | Path, timeline: bool = False) -> dict:
+        """Raises MediaError for a file that cannot be used (message names the file)."""
+        windows = process_file(path, self.settings, _LazyCropper(self), key=Path(path).name)
+        n = len(windows["starts"])
+        has_video, has_audio = windows["meta"]["has_video"], windows["meta"]["has_audio"]
+        used_video = has_video and "visual" in self.modalities
+        used_audio = has_audio and "audio" in self.modalities
+        if not used_video and not used_audio:
+            raise RunError(f"{path}: has no {' or '.join(self.modalities)} track, which this model needs")
+        faces = windows.get("faces") if "visual" in self.modalities else None
+        specs = windows.get("specs") if "audio" in self.modalities else None
+        if "visual" in self.modalities and faces is None:
+            faces = np.zeros((n, self.settings.face_size, self.settings.face_size, 3), np.uint8)
+        if "audio" in self.modalities and specs is None:
+            specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
+        batch = make_batch(faces, specs, np.full(n, used_video), np.full(n, used_audio), self.audio_stats)
+        batch = batch.to(self.device)
+        probs = torch.softmax(forward_logits(self.model, batch).float(), dim=1).cpu().numpy()
+        mean = probs.mean(axis=0)
+        missing = [m for m, used in (("visual", has_video), ("audio", has_audio)) if not used]
+        result = {
+            "file": str(path),
+            "emotion": self.classes[int(mean.argmax())],
+            "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, mean)},
+            "windows": n,
+            "missing": missing,
+            "face_found_rate": float(windows["face_found"].mean()) if has_video else None,
+        }
+        if timeline:
+            order = np.argsort(windows["starts"])
+            result["timeline"] = [
+                {"start": round(float(windows["starts"][i]), 3), "end": round(float(windows["starts"][i] + self.settings.window_seconds), 3),
+                 "emotion": self.classes[int(probs[i].argmax())], "probability": round(float(probs[i].max()), 4)}
+                for i in order
+            ]  # fmt: skip
+        return result
+
+
+class _LazyCropper:
+    """Passes crop_video through to the predictor's cropper, creating it on first use."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def crop_video(self, frames, times):
+        return self.predictor.cropper.crop_video(frames, times)

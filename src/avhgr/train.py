@@ -1,0 +1,430 @@
+"""Training: the paper's two stages, video-level model selection, resumable runs.
+
+Stage 1 trains the audio and the visual network alone with cross-entropy. Stage 2 starts the
+joint model from them and trains it with CE + λ·L_corr (``corr``: fgh, fg, or none for the
+paper's baseline). Each stage keeps the epoch with the best validation *video* accuracy
+(the mean of a video's window probabilities). With one modality only, stage 1 is the model
+(the paper's audio-only and visual-only rows).
+
+Reproducible and resumable: each epoch's shuffling is seeded by (seed, stage, epoch), and
+after every epoch the model, optimiser and metric history are checkpointed atomically, so a
+run killed at any time and resumed ends where an uninterrupted one does (on the CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .cache import Cache, atomic_write_text
+from .data import Batch, WindowReader, labeled_subset, split_videos, windows_of
+from .losses import correlation_loss
+from .models import AVHGRModel, ModalityNet
+
+MODALITIES = ("audio", "visual")
+
+
+class RunError(RuntimeError):
+    """A run folder or setting that cannot be used as asked."""
+
+
+@dataclass
+class TrainConfig:
+    cache: str
+    out: str
+    corr: str = "fgh"  # fgh | fg | none (the baseline)
+    lam: float = 1.0
+    fusion_layers: int = 2
+    epochs: int = 100
+    pretrain_epochs: int | None = None  # stage 1; None: same as epochs
+    batch_size: int = 90
+    lr: float = 1e-3
+    seed: int = 0
+    backbone: str = "resnet50"
+    pretrained: str = "none"
+    modalities: tuple[str, ...] = MODALITIES
+    device: str = "auto"
+    split: str = "random"
+    labeled_fraction: float = 1.0
+    init_from: str | None = None  # a run folder whose stage-1 networks start this run (no stage 1 here)
+    amp: bool | None = None  # bf16 autocast; None: on CUDA only
+    eval_batch_size: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.modalities = tuple(sorted(set(self.modalities), key=MODALITIES.index))
+        if not self.modalities or any(m not in MODALITIES for m in self.modalities):
+            raise RunError(f"--modalities must be audio, visual or audio,visual; got {','.join(self.modalities)}")
+        if self.corr not in ("fgh", "fg", "none"):
+            raise RunError(f"--corr must be fgh, fg or none; got {self.corr}")
+        if self.fusion_layers not in (1, 2, 4):
+            raise RunError(f"--fusion-layers must be 1, 2 or 4; got {self.fusion_layers}")
+
+    @property
+    def stage1_epochs(self) -> int:
+        return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """safetensors (no code runs on load), written to a temporary name and renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+        raise RunError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunError(f"{path}: does not match this model ({str(exc).splitlines()[0]})") from exc
+
+
+def save_state(state: dict, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+    except Exception as exc:  # noqa: BLE001
+        raise RunError(f"{path}: not a loadable training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def window_probabilities(
+    model: torch.nn.Module,
+    reader: WindowReader,
+    windows: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    drop: dict[int, str] | None = None,
+    amp: bool = False,
+) -> np.ndarray:
+    """Class probabilities of each window. ``drop`` maps a video to the modality it misses
+    at test time ("audio" or "visual"): that feature is zeroed (method.md)."""
+    model.eval()
+    out = []
+    for i in range(0, len(windows), batch_size):
+        batch = reader.read(windows[i : i + batch_size])
+        if drop:
+            vids = batch.video.numpy()
+            for modality, present in (("audio", batch.audio_present), ("visual", batch.visual_present)):
+                gone = np.array([drop.get(int(v)) == modality for v in vids])
+                present[torch.from_numpy(gone)] = False
+        batch = batch.to(device, channels_last=device.type == "cuda")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward_logits(model, batch)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    if isinstance(model, AVHGRModel):
+        return model(batch.visual, batch.audio, visual_present=batch.visual_present, audio_present=batch.audio_present).logits
+    x = batch.audio if batch.audio is not None else batch.visual
+    return model(x)
+
+
+def video_scores(probs: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean window probability per video: (video ids, (n_videos, C))."""
+    ids, inverse = np.unique(videos, return_inverse=True)
+    sums = np.zeros((len(ids), probs.shape[1]))
+    np.add.at(sums, inverse, probs)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    return ids, sums / counts
+
+
+def metrics(probs: np.ndarray, windows: np.ndarray, cache: Cache) -> dict:
+    labels_w = cache.windows["label_idx"][windows]
+    vids, vprobs = video_scores(probs, cache.windows["video"][windows])
+    vlabels = np.array([cache.video_labels()[int(v)] for v in vids])
+    vpred = vprobs.argmax(1)
+    c = len(cache.classes)
+    confusion = np.zeros((c, c), dtype=int)
+    np.add.at(confusion, (vlabels, vpred), 1)
+    per_class = {cache.classes[k]: (float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None) for k in range(c)}
+    return {
+        "video_accuracy": float((vpred == vlabels).mean()) if len(vids) else float("nan"),
+        "window_accuracy": float((probs.argmax(1) == labels_w).mean()) if len(windows) else float("nan"),
+        "videos": int(len(vids)),
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+        "predictions": [{"video": int(v), "label": int(l), "pred": int(p)} for v, l, p in zip(vids, vlabels, vpred)],
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.log = log
+        self.cache = Cache.open(cfg.cache)
+        self.device = resolve_device(cfg.device)
+        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.channels_last = self.device.type == "cuda"
+        self._prepare_folder(resume)
+        labels, subjects = self.cache.video_labels(), self.cache.video_subjects()
+        self.split = split_videos(labels, subjects, cfg.split, cfg.seed)
+        if not self.split["train"] or not self.split["val"] or not self.split["test"]:
+            raise RunError(f"{cfg.cache}: too few videos for a {cfg.split} split ({ {k: len(v) for k, v in self.split.items()} })")
+        self.labeled = labeled_subset(self.split["train"], labels, cfg.labeled_fraction, cfg.seed)
+        train_windows = windows_of(self.cache, self.split["train"])
+        self.audio_stats = WindowReader.audio_stats(self.cache, train_windows, seed=cfg.seed)
+        self.reader = WindowReader(self.cache, self.audio_stats, cfg.modalities)
+        names = {v["id"]: v["path"] for v in self.cache.videos}
+        split_doc = {k: [{"id": v, "path": names[v], "labeled": v in self.labeled} if k == "train" else {"id": v, "path": names[v]} for v in vids]
+                     for k, vids in self.split.items()}  # fmt: skip
+        atomic_write_text(self.out / "split.json", json.dumps(split_doc, indent=1))
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tb"))
+        except Exception:  # noqa: BLE001 - TensorBoard is a nicety
+            pass
+
+    def _prepare_folder(self, resume: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.out / "config.json"
+        settings = {"train": self.cfg.to_json(), "cache_settings": self.cache.settings}
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if not resume:
+                raise RunError(f"{self.out}: already holds a run; use --resume to continue it, or another --out")
+            if old["train"] | {"device": None, "amp": None} != settings["train"] | {"device": None, "amp": None}:
+                raise RunError(f"{self.out}: --resume with other settings than the run was started with")
+        atomic_write_text(cfg_path, json.dumps(settings, indent=2))
+
+    # ---- one stage ------------------------------------------------------------------
+
+    def fit(self, name: str, model: torch.nn.Module, windows: np.ndarray, epochs: int, stage_index: int) -> dict:
+        """Train ``model`` on ``windows`` for ``epochs``; keep the best validation epoch."""
+        best_path, last_path = self.out / f"{name}.safetensors", self.out / f"{name}.last.pt"
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
+        state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "history": []}
+        if last_path.exists():
+            saved = load_state(last_path)
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            state = {k: saved[k] for k in state}
+            if state["epoch"] < epochs:
+                self.log(f"{name}: resuming after epoch {state['epoch']}")
+        val_windows = windows_of(self.cache, self.split["val"], self._modality_of(model))
+        for epoch in range(state["epoch"], epochs):
+            t0 = time.time()
+            rng = np.random.default_rng([self.cfg.seed, stage_index, epoch])
+            torch.manual_seed(int(rng.integers(2**62)))
+            order = windows[rng.permutation(len(windows))]
+            model.train()
+            sums = torch.zeros(3, device=self.device)
+            steps = 0
+            for i in range(0, len(order), self.cfg.batch_size):
+                idx = order[i : i + self.cfg.batch_size]
+                if len(idx) < 2:  # Soft-HGR and BatchNorm need two rows
+                    continue
+                batch = self.reader.read(idx, self.labeled).to(self.device, self.channels_last)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss, ce, corr = self.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sums += torch.stack([loss.detach().float(), ce.detach().float(), corr.detach().float()])
+                steps += 1
+            probs = window_probabilities(model, self.reader, val_windows, self.device, self.cfg.eval_batch_size, amp=self.amp)
+            val = metrics(probs, val_windows, self.cache)
+            loss_mean, ce_mean, corr_mean = (sums / max(steps, 1)).tolist()
+            row = {"stage": name, "epoch": epoch + 1, "loss": round(loss_mean, 6), "ce": round(ce_mean, 6), "corr": round(corr_mean, 6),
+                   "val_video_acc": round(val["video_accuracy"], 6), "val_window_acc": round(val["window_accuracy"], 6),
+                   "seconds": round(time.time() - t0, 3)}  # fmt: skip
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            if val["video_accuracy"] > state["best_acc"]:
+                state["best_acc"], state["best_epoch"] = val["video_accuracy"], epoch + 1
+                save_weights(model, best_path)
+            save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), **state}, last_path)
+            self._write_metrics(name, state["history"])
+            if self.tb is not None:
+                for k in ("loss", "ce", "corr", "val_video_acc", "val_window_acc"):
+                    self.tb.add_scalar(f"{name}/{k}", row[k], epoch + 1)
+            self.log(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_mean:.4f} (ce {ce_mean:.4f}, corr {corr_mean:.4f}) "
+                     f"val video acc {val['video_accuracy']:.3f} [{row['seconds']:.1f}s]")  # fmt: skip
+        if not best_path.exists():  # zero epochs: the starting weights are the result
+            save_weights(model, best_path)
+        load_weights(model, best_path)
+        return state
+
+    def _modality_of(self, model) -> str | None:
+        if isinstance(model, AVHGRModel):
+            return None
+        return self.cfg.modalities[0] if len(self.cfg.modalities) == 1 else self._current_modality
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lab = batch.labeled
+        semi = self.cfg.labeled_fraction < 1.0
+        if isinstance(model, AVHGRModel):
+            out = model(batch.visual, batch.audio, labels=batch.labels,
+                        visual_present=batch.visual_present, audio_present=batch.audio_present)  # fmt: skip
+            logits = out.logits
+        else:
+            logits = model(batch.audio if self._current_modality == "audio" else batch.visual)
+        # CE on the labelled rows only, without a host sync.
+        per_row = F.cross_entropy(logits.float(), batch.labels, reduction="none")
+        ce = (per_row * lab).sum() / lab.sum().clamp(min=1)
+        zero = ce.new_zeros(())
+        if not isinstance(model, AVHGRModel) or self.cfg.corr == "none":
+            return ce, ce, zero
+        h = out.h if self.cfg.corr == "fgh" else None
+        corr = correlation_loss(out.f, out.g, h, labeled=lab if semi else None)
+        return ce + self.cfg.lam * corr, ce, corr
+
+    def _write_metrics(self, name: str, history: list[dict]) -> None:
+        path = self.out / "metrics.csv"
+        rows = []
+        if path.exists():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r["stage"] != name]
+        rows += history
+        buf = io.StringIO()
+        fields = ["stage", "epoch", "loss", "ce", "corr", "val_video_acc", "val_window_acc", "seconds"]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+
+    # ---- the whole run ---------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg, c = self.cfg, len(self.cache.classes)
+        t0 = time.time()
+        nets: dict[str, ModalityNet] = {}
+        for index, modality in enumerate(cfg.modalities):
+            self._current_modality = modality
+            torch.manual_seed(cfg.seed * 1000 + index)  # initial weights depend on the seed alone
+            net = ModalityNet(c, cfg.backbone, cfg.pretrained)
+            if cfg.init_from:
+                src = Path(cfg.init_from) / f"stage1_{modality}.safetensors"
+                if not src.exists():
+                    raise RunError(f"--init-from {cfg.init_from}: it has no {src.name}")
+                load_weights(net, src)
+                save_weights(net, self.out / f"stage1_{modality}.safetensors")
+            else:
+                labeled_train = [v for v in self.split["train"] if v in self.labeled]
+                windows = windows_of(self.cache, labeled_train, modality)
+                self.fit(f"stage1_{modality}", net, windows, cfg.stage1_epochs, stage_index=index + 1)
+            nets[modality] = net
+        if len(cfg.modalities) == 1:
+            model: torch.nn.Module = nets[cfg.modalities[0]]
+        else:
+            torch.manual_seed(cfg.seed * 1000 + 99)
+            model = AVHGRModel(c, cfg.backbone, cfg.fusion_layers)
+            model.visual.load_state_dict(nets["visual"].state_dict())
+            model.audio.load_state_dict(nets["audio"].state_dict())
+            windows = windows_of(self.cache, self.split["train"])
+            self.fit("stage2", model, windows, cfg.epochs, stage_index=10)
+        # What prediction needs to rebuild and feed the model, beside its weights.
+        card = {"classes": self.cache.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone,
+                "fusion_layers": cfg.fusion_layers, "audio_stats": list(self.audio_stats),
+                "features": self.cache.settings["features"]}  # fmt: skip
+        save_weights(model, self.out / "model.safetensors")
+        atomic_write_text(self.out / "model.json", json.dumps(card, indent=2))
+        report = self.test(model)
+        report["train_seconds"] = round(time.time() - t0, 2)
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=2))
+        write_report_files(self.out, report, self.cache.classes)
+        if self.tb is not None:
+            self.tb.close()
+        return report
+
+    def test(self, model, drop: dict[int, str] | None = None) -> dict:
+        windows = windows_of(self.cache, self.split["test"])
+        if len(self.cfg.modalities) == 1:
+            windows = windows_of(self.cache, self.split["test"], self.cfg.modalities[0])
+        probs = window_probabilities(model, self.reader, windows, self.device, self.cfg.eval_batch_size, drop, self.amp)
+        m = metrics(probs, windows, self.cache)
+        names = {v["id"]: v["path"] for v in self.cache.videos}
+        for p in m["predictions"]:
+            p["path"] = names[p["video"]]
+            p["label"], p["pred"] = self.cache.classes[p["label"]], self.cache.classes[p["pred"]]
+        return {"classes": self.cache.classes, "config": self.cfg.to_json(), "audio_stats": list(self.audio_stats), **m}
+
+
+def write_report_files(out: Path, report: dict, classes: list[str], stem: str = "test") -> None:
+    from .plots import confusion_png
+
+    atomic_write_text(out / f"{stem}_confusion.json", json.dumps({"classes": classes, "matrix": report["confusion"]}))
+    title = f"video accuracy {100 * report['video_accuracy']:.1f} % ({report['videos']} test videos)"
+    confusion_png(np.array(report["confusion"]), classes, out / f"{stem}_confusion.png", title)
+
+
+def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print) -> dict:
+    """One run in ``cfg.out``, or ``runs`` seeds in ``cfg.out/seed<N>`` with a summary."""
+    if runs <= 1:
+        return Trainer(cfg, resume, log).run()
+    results = []
+    for i in range(runs):
+        sub = replace(cfg, seed=cfg.seed + i, out=str(Path(cfg.out) / f"seed{cfg.seed + i}"))
+        done = Path(sub.out) / "report.json"
+        if resume and done.exists():
+            results.append(json.loads(done.read_text()))
+            continue
+        results.append(Trainer(sub, resume, log).run())
+    accs = np.array([r["video_accuracy"] for r in results])
+    summary = {
+        "runs": runs, "seeds": [cfg.seed + i for i in range(runs)],
+        "video_accuracy": [float(a) for a in accs],
+        "mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if runs > 1 else 0.0,
+    }  # fmt: skip
+    atomic_write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def mean_std(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{100 * v.mean():.2f} ± {100 * (v.std(ddof=1) if len(v) > 1 else 0.0):.2f}" if len(v) else "n/a"
+
