@@ -8,28 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from avhgr.cache import Cache
 from avhgr.data import labeled_subset, split_videos
-from avhgr.datasets import index_dataset, select_emotions
-from avhgr.demo import build_corpus
 from avhgr.evaluate import evaluate_run, missing_assignment
-from avhgr.features import FeatureSettings
 from avhgr.predict import Predictor
-from avhgr.preprocess import run_preprocess
 from avhgr.synth import tone, write_media
 from avhgr.train import RunError, TrainConfig, Trainer, train
 
 TINY = dict(backbone="resnet18", batch_size=16, lr=1e-3, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    manifest = build_corpus(root / "corpus", per_class=4, duration=1.2)
-    videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
-    run_preprocess(videos, classes, root / "cache", FeatureSettings(windows=4, face_size=32, detect_size=320, min_face=30),
-                   manifest, "csv", progress=False)  # fmt: skip
-    return root
 
 
 def test_splits_are_by_video_stratified_and_seeded():

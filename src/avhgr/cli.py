@@ -204,6 +204,53 @@ def demo(
     run_demo(out, per_class, epochs, epochs)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+@app.command()
+def study(
+    name: str = typer.Argument(..., help="stability | missing | semi"),
+    cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
+    out: Path = typer.Option(..., help="Study folder (rerun to finish what is missing)."),
+    quick: bool = typer.Option(False, help="Smoke version: 1 seed, 1 epoch per stage, ResNet-18, reduced grid."),
+    runs: Optional[int] = typer.Option(None, help="Seeds per cell (paper: 5)."),
+    seed: int = typer.Option(0),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per stage (paper: 100)."),
+    pretrain_epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    backbone: Optional[str] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
+    pretrained: str = typer.Option("none"),
+    split: str = typer.Option("random", help="random or actor."),
+    layers: Optional[str] = typer.Option(None, help="Fusion layers, e.g. 1,2,4."),
+    lams: Optional[str] = typer.Option(None, help="λ values, e.g. 0.01,0.1,1,10."),
+    rates: Optional[str] = typer.Option(None, help="missing: rates, e.g. 0,0.2,0.5,0.8."),
+    fractions: Optional[str] = typer.Option(None, help="semi: labelled fractions, e.g. 0.2,0.5,0.8,1."),
+    device: str = typer.Option("auto"),
+):
+    """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""
+    from .cache import CacheError
+    from .study import STUDIES, StudyOptions
+    from .train import RunError
+
+    if name not in STUDIES:
+        fail(f"unknown study {name!r}: stability, missing or semi")
+    given = {k: v for k, v in dict(
+        runs=runs, epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, backbone=backbone,
+        layers=tuple(int(x) for x in layers.split(",")) if layers else None, lams=_floats(lams) if lams else None,
+        rates=_floats(rates) if rates else None, fractions=_floats(fractions) if fractions else None,
+    ).items() if v is not None}  # fmt: skip
+    common = dict(seed=seed, pretrained=pretrained, split=split, device=device)
+    opt = StudyOptions.quick(str(cache), str(out), **common, **given) if quick else StudyOptions(str(cache), str(out), **common, **given)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        STUDIES[name](opt)
+    except (RunError, CacheError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {out / (name + '.md')}, {out / (name + '.csv')}" + (f", {out / (name + '.png')}" if name != "semi" else ""))
+
+
 def main():
     app()
 

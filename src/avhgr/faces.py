@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 Box = tuple[float, float, float, float]
@@ -42,11 +41,10 @@ class FaceCropper:
         for shape, idx in by_shape.items():
             h, w = shape[:2]
             scale = min(1.0, self.detect_size / max(h, w))
-            batch = torch.from_numpy(np.stack([frames[i] for i in idx])).to(self.device)
-            if scale < 1.0:
-                size = (max(1, round(h * scale)), max(1, round(w * scale)))
-                batch = F.interpolate(batch.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", antialias=True)
-                batch = batch.clamp(0, 255).permute(0, 2, 3, 1)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            # PIL's reducing resize in uint8: antialiased, and 4x cheaper than a float torch resize.
+            small = [frames[i] if scale == 1.0 else np.asarray(Image.fromarray(frames[i]).resize(size, Image.BILINEAR, reducing_gap=2.0)) for i in idx]
+            batch = torch.from_numpy(np.stack(small)).to(self.device)
             boxes, probs = self.mtcnn.detect(batch.float())
             for j, i in enumerate(idx):
                 if boxes[j] is None or len(boxes[j]) == 0:

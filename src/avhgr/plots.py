@@ -79,3 +79,47 @@ def confusion_png(matrix: np.ndarray, classes: list[str], out: str | Path, title
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def heatmap_png(values: np.ndarray, rows: list[str], cols: list[str], out: str | Path, title: str = "") -> Path:
+    """A table of accuracies (fractions) as a heat map with the numbers written in."""
+    values = 100 * np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(cols), 0.9 + 0.42 * len(rows)))
+    im = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            bright = (values[i, j] - lo) / (hi - lo + 1e-9) > 0.6
+            ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def missing_png(rows: list[dict], scenarios: tuple[str, ...], out: str | Path) -> Path:
+    """Accuracy against the share of test videos missing a modality: one panel per scenario."""
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.4), sharey=True, squeeze=False)
+    titles = {"audio": "audio missing", "visual": "visual missing", "both": "both (half each)"}
+    for ax, scenario in zip(axes[0], scenarios):
+        for method, style in (("baseline", "o--"), ("fg", "s-"), ("fgh", "^-")):
+            pts = sorted((r["rate"], r["mean"], r["std"]) for r in rows if r["method"] == method and r["scenario"] == scenario)
+            if not pts:
+                continue
+            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+            ax.errorbar(100 * x, 100 * y, yerr=100 * e, fmt=style, capsize=3, label=method)
+        ax.set_title(titles.get(scenario, scenario))
+        ax.set_xlabel("test videos missing it (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("video accuracy (%)")
+    axes[0][-1].legend()
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
