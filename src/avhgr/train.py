@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from .cache import Cache, atomic_write_text
+from .cache import Cache, atomic_write_bytes, atomic_write_text
 from .data import Batch, WindowReader, labeled_subset, split_videos, windows_of
 from .losses import correlation_loss
 from .models import AVHGRModel, ModalityNet
@@ -92,10 +92,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """safetensors (no code runs on load), written to a temporary name and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    """safetensors (no code runs on load), written atomically."""
+    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
@@ -110,14 +108,10 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
 
 
 def save_state(state: dict, path: Path) -> None:
+    """The resumable training state (tensors and plain values only), written atomically."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_state(path: Path) -> dict:
