@@ -119,6 +119,8 @@ def train(
         result = run_training(cfg, runs, resume)
     except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:
         fail(str(exc))
+    if not result:  # not rank 0 of a torchrun job
+        return
     if runs > 1:
         typer.echo(f"test video accuracy over {runs} seeds: {mean_std(result['video_accuracy'])} %  ({out / 'summary.json'})")
     else:

@@ -28,6 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .cache import Cache, atomic_write_bytes, atomic_write_text
 from .data import Batch, WindowReader, labeled_subset, split_videos, windows_of
+from .distributed import DistInfo, all_sum, barrier, broadcast, gather_rows, setup
 from .losses import correlation_loss
 from .models import AVHGRModel, ModalityNet
 
@@ -187,6 +188,40 @@ def metrics(probs: np.ndarray, windows: np.ndarray, cache: Cache) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- the objective
+
+
+def joint_objective(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    labeled: torch.Tensor,
+    f: torch.Tensor | None = None,
+    g: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    corr: str = "none",
+    lam: float = 1.0,
+    semi: bool = False,
+    info: DistInfo = DistInfo(),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CE over the labelled rows + λ·L_corr over the global batch. Returns (loss to
+    backpropagate, this rank's share of the mean CE, L_corr).
+
+    Under DDP (``info.world`` > 1) each rank holds a slice of the batch: features are
+    gathered with their gradients, so Soft-HGR sees the global batch, and the CE share is
+    scaled by the world size, so that the gradients DDP averages equal those of one process
+    holding the whole batch. With one process both steps do nothing.
+    """
+    per_row = F.cross_entropy(logits.float(), labels, reduction="none") * labeled
+    n_labeled = all_sum(labeled.sum().float(), info).clamp(min=1)  # no host sync
+    ce_share = per_row.sum() / n_labeled
+    loss = ce_share * info.world
+    if f is None or corr == "none":
+        return loss, ce_share, ce_share.new_zeros(())
+    mask = gather_rows(labeled.float(), info).detach() > 0.5 if semi else None
+    c = correlation_loss(gather_rows(f, info), gather_rows(g, info), gather_rows(h, info) if corr == "fgh" else None, labeled=mask)
+    return loss + lam * c, ce_share, c
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -197,9 +232,20 @@ class Trainer:
         self.log = log
         self.cache = Cache.open(cfg.cache)
         self.device = resolve_device(cfg.device)
+        self.dist = setup(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.dist.enabled and cfg.batch_size < 2 * self.dist.world:
+            raise RunError(f"--batch-size {cfg.batch_size} is too small for {self.dist.world} processes (at least 2 rows each)")
+        self.main = self.dist.main
+        if not self.main:
+            self.log = lambda *a, **k: None
         self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
         self.channels_last = self.device.type == "cuda"
-        self._prepare_folder(resume)
+        if self.main:
+            self._prepare_folder(resume)
+        barrier(self.dist)
         labels, subjects = self.cache.video_labels(), self.cache.video_subjects()
         self.split = split_videos(labels, subjects, cfg.split, cfg.seed)
         if not self.split["train"] or not self.split["val"] or not self.split["test"]:
@@ -211,8 +257,10 @@ class Trainer:
         names = {v["id"]: v["path"] for v in self.cache.videos}
         split_doc = {k: [{"id": v, "path": names[v], "labeled": v in self.labeled} if k == "train" else {"id": v, "path": names[v]} for v in vids]
                      for k, vids in self.split.items()}  # fmt: skip
-        atomic_write_text(self.out / "split.json", json.dumps(split_doc, indent=1))
         self.tb = None
+        if not self.main:
+            return
+        atomic_write_text(self.out / "split.json", json.dumps(split_doc, indent=1))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -240,7 +288,20 @@ class Trainer:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
+        if isinstance(model, AVHGRModel):  # the stage-1 classifier heads play no part in the joint model
+            model.visual.head.requires_grad_(False)
+            model.audio.head.requires_grad_(False)
+        train_model = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # A batch whose rows all miss a modality leaves that network unused.
+            partial = bool((self.cache.windows["face_row"] < 0).any() or (self.cache.windows["spec_row"] < 0).any())
+            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                              find_unused_parameters=partial or self.cfg.corr != "fgh")  # fmt: skip
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
         state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "history": []}
         if last_path.exists():
             saved = load_state(last_path)
@@ -256,23 +317,30 @@ class Trainer:
             torch.manual_seed(int(rng.integers(2**62)))
             order = windows[rng.permutation(len(windows))]
             model.train()
-            sums = torch.zeros(3, device=self.device)
+            sums = torch.zeros(2, device=self.device)
             steps = 0
             for i in range(0, len(order), self.cfg.batch_size):
                 idx = order[i : i + self.cfg.batch_size]
-                if len(idx) < 2:  # Soft-HGR and BatchNorm need two rows
+                if len(idx) < max(2, 2 * self.dist.world):  # Soft-HGR and BatchNorm need two rows
                     continue
+                idx = np.array_split(idx, self.dist.world)[self.dist.rank]  # this process's slice
                 batch = self.reader.read(idx, self.labeled).to(self.device, self.channels_last)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss, ce, corr = self.loss(model, batch)
+                    loss, ce, corr = self.loss(model, batch, train_model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sums += torch.stack([loss.detach().float(), ce.detach().float(), corr.detach().float()])
+                sums += torch.stack([ce.detach().float(), corr.detach().float() / self.dist.world])
                 steps += 1
-            probs = window_probabilities(model, self.reader, val_windows, self.device, self.cfg.eval_batch_size, amp=self.amp)
-            val = metrics(probs, val_windows, self.cache)
-            loss_mean, ce_mean, corr_mean = (sums / max(steps, 1)).tolist()
+            ce_mean, corr_mean = (all_sum(sums, self.dist) / max(steps, 1)).tolist()
+            joint = isinstance(model, AVHGRModel) and self.cfg.corr != "none"
+            loss_mean = ce_mean + (self.cfg.lam * corr_mean if joint else 0.0)
+            # Rank 0 judges the epoch; the others follow its decision.
+            val = None
+            if self.main:
+                probs = window_probabilities(model, self.reader, val_windows, self.device, self.cfg.eval_batch_size, amp=self.amp)
+                val = metrics(probs, val_windows, self.cache)
+            val = broadcast({"video_accuracy": val["video_accuracy"], "window_accuracy": val["window_accuracy"]} if val else None, self.dist)
             row = {"stage": name, "epoch": epoch + 1, "loss": round(loss_mean, 6), "ce": round(ce_mean, 6), "corr": round(corr_mean, 6),
                    "val_video_acc": round(val["video_accuracy"], 6), "val_window_acc": round(val["window_accuracy"], 6),
                    "seconds": round(time.time() - t0, 3)}  # fmt: skip
@@ -280,16 +348,20 @@ class Trainer:
             state["epoch"] = epoch + 1
             if val["video_accuracy"] > state["best_acc"]:
                 state["best_acc"], state["best_epoch"] = val["video_accuracy"], epoch + 1
-                save_weights(model, best_path)
-            save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), **state}, last_path)
-            self._write_metrics(name, state["history"])
+                if self.main:
+                    save_weights(model, best_path)
+            if self.main:
+                save_state({"model": model.state_dict(), "optimizer": opt.state_dict(), **state}, last_path)
+                self._write_metrics(name, state["history"])
+            barrier(self.dist)
             if self.tb is not None:
                 for k in ("loss", "ce", "corr", "val_video_acc", "val_window_acc"):
                     self.tb.add_scalar(f"{name}/{k}", row[k], epoch + 1)
             self.log(f"{name} epoch {epoch + 1}/{epochs}: loss {loss_mean:.4f} (ce {ce_mean:.4f}, corr {corr_mean:.4f}) "
                      f"val video acc {val['video_accuracy']:.3f} [{row['seconds']:.1f}s]")  # fmt: skip
-        if not best_path.exists():  # zero epochs: the starting weights are the result
+        if not best_path.exists() and self.main:  # zero epochs: the starting weights are the result
             save_weights(model, best_path)
+        barrier(self.dist)
         load_weights(model, best_path)
         return state
 
@@ -298,24 +370,18 @@ class Trainer:
             return None
         return self.cfg.modalities[0] if len(self.cfg.modalities) == 1 else self._current_modality
 
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lab = batch.labeled
+    def loss(self, model, batch: Batch, forward=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``: the module to call (the DDP wrapper of ``model`` when distributed)."""
+        forward = forward or model
         semi = self.cfg.labeled_fraction < 1.0
         if isinstance(model, AVHGRModel):
-            out = model(batch.visual, batch.audio, labels=batch.labels,
-                        visual_present=batch.visual_present, audio_present=batch.audio_present)  # fmt: skip
-            logits = out.logits
-        else:
-            logits = model(batch.audio if self._current_modality == "audio" else batch.visual)
-        # CE on the labelled rows only, without a host sync.
-        per_row = F.cross_entropy(logits.float(), batch.labels, reduction="none")
-        ce = (per_row * lab).sum() / lab.sum().clamp(min=1)
-        zero = ce.new_zeros(())
-        if not isinstance(model, AVHGRModel) or self.cfg.corr == "none":
-            return ce, ce, zero
-        h = out.h if self.cfg.corr == "fgh" else None
-        corr = correlation_loss(out.f, out.g, h, labeled=lab if semi else None)
-        return ce + self.cfg.lam * corr, ce, corr
+            labels = batch.labels if self.cfg.corr == "fgh" else None  # h only where the loss uses it
+            out = forward(batch.visual, batch.audio, labels=labels,
+                          visual_present=batch.visual_present, audio_present=batch.audio_present)  # fmt: skip
+            return joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h,
+                                   self.cfg.corr, self.cfg.lam, semi, self.dist)  # fmt: skip
+        logits = forward(batch.audio if self._current_modality == "audio" else batch.visual)
+        return joint_objective(logits, batch.labels, batch.labeled, info=self.dist)
 
     def _write_metrics(self, name: str, history: list[dict]) -> None:
         path = self.out / "metrics.csv"
@@ -346,7 +412,8 @@ class Trainer:
                 if not src.exists():
                     raise RunError(f"--init-from {cfg.init_from}: it has no {src.name}")
                 load_weights(net, src)
-                save_weights(net, self.out / f"stage1_{modality}.safetensors")
+                if self.main:
+                    save_weights(net, self.out / f"stage1_{modality}.safetensors")
             else:
                 labeled_train = [v for v in self.split["train"] if v in self.labeled]
                 windows = windows_of(self.cache, labeled_train, modality)
@@ -365,6 +432,9 @@ class Trainer:
         card = {"classes": self.cache.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone,
                 "fusion_layers": cfg.fusion_layers, "audio_stats": list(self.audio_stats),
                 "features": self.cache.settings["features"]}  # fmt: skip
+        if not self.main:
+            barrier(self.dist)
+            return {}
         save_weights(model, self.out / "model.safetensors")
         atomic_write_text(self.out / "model.json", json.dumps(card, indent=2))
         report = self.test(model)
@@ -373,6 +443,7 @@ class Trainer:
         write_report_files(self.out, report, self.cache.classes)
         if self.tb is not None:
             self.tb.close()
+        barrier(self.dist)
         return report
 
     def test(self, model, drop: dict[int, str] | None = None) -> dict:
@@ -408,6 +479,8 @@ def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print) -> d
             results.append(json.loads(done.read_text()))
             continue
         results.append(Trainer(sub, resume, log).run())
+    if not all(results):  # a process other than rank 0 of a distributed run: nothing to report
+        return {}
     accs = np.array([r["video_accuracy"] for r in results])
     summary = {
         "runs": runs, "seeds": [cfg.seed + i for i in range(runs)],

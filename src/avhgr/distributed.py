@@ -1,0 +1,74 @@
+"""Multi-GPU and multi-node training through torchrun (DDP).
+
+    torchrun --nproc-per-node 8 -m avhgr train --cache C --out RUN ...
+
+Each process takes an equal slice of every global batch (the same shuffled order on every
+rank). The Soft-HGR statistics must be those of the *global* batch, so the features are
+gathered across ranks with their gradients before the correlation loss; with the scaling in
+``train.joint_objective`` the gradients DDP averages are exactly those of one process with the
+whole batch. Only rank 0 writes files. On CUDA, BatchNorm becomes SyncBatchNorm (global batch
+statistics); on CPU (gloo) it cannot, and BatchNorm statistics stay per process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def setup(device_type: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (nothing when run alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather_rows(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's rows, in rank order, keeping the gradient path to local rows."""
+    if not info.enabled:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def all_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def broadcast(value, info: DistInfo):
+    """Rank 0's Python value, on every rank."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
