@@ -285,23 +285,7 @@ class Trainer:
     def fit(self, name: str, model: torch.nn.Module, windows: np.ndarray, epochs: int, stage_index: int) -> dict:
         """Train ``model`` on ``windows`` for ``epochs``; keep the best validation epoch."""
         best_path, last_path = self.out / f"{name}.safetensors", self.out / f"{name}.last.pt"
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if isinstance(model, AVHGRModel):  # the stage-1 classifier heads play no part in the joint model
-            model.visual.head.requires_grad_(False)
-            model.audio.head.requires_grad_(False)
-        train_model = model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            if self.device.type == "cuda":
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            # A batch whose rows all miss a modality leaves that network unused.
-            partial = bool((self.cache.windows["face_row"] < 0).any() or (self.cache.windows["spec_row"] < 0).any())
-            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                              find_unused_parameters=partial or self.cfg.corr != "fgh")  # fmt: skip
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
+        model, train_model, opt = self.prepare(model)
         state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "history": []}
         if last_path.exists():
             saved = load_state(last_path)
@@ -313,26 +297,7 @@ class Trainer:
         val_windows = windows_of(self.cache, self.split["val"], self._modality_of(model))
         for epoch in range(state["epoch"], epochs):
             t0 = time.time()
-            rng = np.random.default_rng([self.cfg.seed, stage_index, epoch])
-            torch.manual_seed(int(rng.integers(2**62)))
-            order = windows[rng.permutation(len(windows))]
-            model.train()
-            sums = torch.zeros(2, device=self.device)
-            steps = 0
-            for i in range(0, len(order), self.cfg.batch_size):
-                idx = order[i : i + self.cfg.batch_size]
-                if len(idx) < max(2, 2 * self.dist.world):  # Soft-HGR and BatchNorm need two rows
-                    continue
-                idx = np.array_split(idx, self.dist.world)[self.dist.rank]  # this process's slice
-                batch = self.reader.read(idx, self.labeled).to(self.device, self.channels_last)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss, ce, corr = self.loss(model, batch, train_model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += torch.stack([ce.detach().float(), corr.detach().float() / self.dist.world])
-                steps += 1
-            ce_mean, corr_mean = (all_sum(sums, self.dist) / max(steps, 1)).tolist()
+            ce_mean, corr_mean = self.train_epoch(model, train_model, opt, windows, epoch, stage_index)
             joint = isinstance(model, AVHGRModel) and self.cfg.corr != "none"
             loss_mean = ce_mean + (self.cfg.lam * corr_mean if joint else 0.0)
             # Rank 0 judges the epoch; the others follow its decision.
@@ -364,6 +329,56 @@ class Trainer:
         barrier(self.dist)
         load_weights(model, best_path)
         return state
+
+    def prepare(self, model: torch.nn.Module):
+        """The model on its device (channels-last on CUDA), its DDP wrapper when distributed,
+        and its Adam optimiser: (model, module to call in training, optimiser)."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if isinstance(model, AVHGRModel):  # the stage-1 classifier heads play no part in the joint model
+            model.visual.head.requires_grad_(False)
+            model.audio.head.requires_grad_(False)
+        train_model = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # A batch whose rows all miss a modality leaves that network unused.
+            partial = bool((self.cache.windows["face_row"] < 0).any() or (self.cache.windows["spec_row"] < 0).any())
+            train_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                              find_unused_parameters=partial or self.cfg.corr != "fgh")  # fmt: skip
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.cfg.lr)
+        return model, train_model, opt
+
+    def train_epoch(self, model, train_model, opt, windows: np.ndarray, epoch: int, stage_index: int) -> tuple[float, float]:
+        """One pass over ``windows`` in the order seeded by (seed, stage, epoch): mean CE and L_corr."""
+        rng = np.random.default_rng([self.cfg.seed, stage_index, epoch])
+        torch.manual_seed(int(rng.integers(2**62)))
+        order = windows[rng.permutation(len(windows))]
+        model.train()
+        sums = torch.zeros(2, device=self.device)
+        steps = 0
+        for i in range(0, len(order), self.cfg.batch_size):
+            idx = order[i : i + self.cfg.batch_size]
+            if len(idx) < max(2, 2 * self.dist.world):  # Soft-HGR and BatchNorm need two rows
+                continue
+            idx = np.array_split(idx, self.dist.world)[self.dist.rank]  # this process's slice
+            batch = self.reader.read(idx, self.labeled).to(self.device, self.channels_last)
+            sums += self.train_step(model, train_model, opt, batch)
+            steps += 1
+        ce_mean, corr_mean = (all_sum(sums, self.dist) / max(steps, 1)).tolist()
+        return ce_mean, corr_mean
+
+    def train_step(self, model, train_model, opt, batch: Batch) -> torch.Tensor:
+        """One optimiser step; returns (CE share, L_corr / world) as a device tensor (no host sync)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss, ce, corr = self.loss(model, batch, train_model)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return torch.stack([ce.detach().float(), corr.detach().float() / self.dist.world])
 
     def _modality_of(self, model) -> str | None:
         if isinstance(model, AVHGRModel):

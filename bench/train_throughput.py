@@ -1,0 +1,194 @@
+"""Training and inference throughput, measured side by side in one process on one device.
+
+    .venv/bin/python bench/train_throughput.py --cache demo_out/cache                  # CPU, small backbone
+    python bench/train_throughput.py --cache CACHE --backbone resnet50 --device cuda   # the paper's shape
+
+Rows (windows/s):
+  (a) a plain PyTorch reference step of the model shape, written here: two ResNets with
+      512-d features, label FC, 2-layer fusion, Adam, CE + three Soft-HGR terms, on random
+      tensors already on the device (same precision and memory format as the project uses there)
+  (b) the project's own training step (Trainer.train_step) on batches already on the device
+  (c) the project's full loop (Trainer.train_epoch) reading the real cache from disk
+and the ratios b/a and c/b; then inference windows/s at batch 256, and `avhgr predict`
+latency on one clip broken into decode, faces, spectrograms and networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models as tv
+
+from avhgr.cache import Cache
+from avhgr.data import windows_of
+from avhgr.models import AVHGRModel
+from avhgr.train import TrainConfig, Trainer
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, steps: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+class Reference(nn.Module):
+    """The paper's model shape in plain PyTorch, independent of avhgr.models."""
+
+    def __init__(self, backbone: str, classes: int):
+        super().__init__()
+        self.v, self.a = getattr(tv, backbone)(num_classes=512), getattr(tv, backbone)(num_classes=512)
+        self.label = nn.Linear(classes, 512)
+        self.fusion = nn.Sequential(nn.Linear(1024, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, classes))
+
+    def forward(self, face, spec, y):
+        f, g = self.v(face), self.a(spec.expand(-1, 3, -1, -1))
+        return self.fusion(torch.cat([f, g], 1)), f, g, self.label(F.one_hot(y, self.label.in_features).to(f.dtype))
+
+
+def soft_hgr_reference(u, v):
+    u, v = u.float(), v.float()
+    n = u.shape[0]
+    u, v = u - u.mean(0), v - v.mean(0)
+    return (u * v).sum() / (n - 1) - 0.5 * ((u.T @ u) * (v.T @ v)).sum() / (n - 1) ** 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", default="demo_out/cache")
+    ap.add_argument("--backbone", default=None, help="default: resnet50 on CUDA, resnet18 on the CPU")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=int, default=90)
+    ap.add_argument("--steps", type=int, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    backbone = args.backbone or ("resnet50" if cuda else "resnet18")
+    steps = args.steps or (30 if cuda else 3)
+    warmup = 5 if cuda else 1
+    cache = Cache.open(args.cache)
+    c, bs = len(cache.classes), args.batch_size
+    face_size = cache.faces.shape[1]
+    amp = cuda
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    print(f"device {torch.cuda.get_device_name(device) if cuda else 'CPU'} ({torch.get_num_threads()} threads), {backbone}, "
+          f"faces 3x{face_size}x{face_size}, spectrograms 1x94x94, batch {bs}, {'bf16 autocast + channels-last' if amp else 'float32'}")  # fmt: skip
+
+    # (a) the plain reference step
+    torch.manual_seed(0)
+    ref = Reference(backbone, c).to(device, memory_format=fmt)
+    opt = torch.optim.Adam(ref.parameters(), 1e-3)
+    face = torch.randn(bs, 3, face_size, face_size, device=device).to(memory_format=fmt)
+    spec = torch.randn(bs, 1, 94, 94, device=device).to(memory_format=fmt)
+    y = torch.randint(0, c, (bs,), device=device)
+
+    def ref_step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, f, g, h = ref(face, spec, y)
+            loss = F.cross_entropy(logits.float(), y) - (soft_hgr_reference(f, g) + soft_hgr_reference(f, h) + soft_hgr_reference(g, h))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    a = bs / timed(ref_step, steps, warmup, device)
+    del ref, opt
+
+    # (b) the project's step on batches already on the device, (c) its loop over the cache
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(cache=args.cache, out=tmp, backbone=backbone, batch_size=bs, device=args.device, epochs=1)
+        trainer = Trainer(cfg, log=lambda *x: None)
+        trainer._current_modality = None
+        torch.manual_seed(0)
+        model, train_model, opt = trainer.prepare(AVHGRModel(c, backbone, 2))
+        train_windows = windows_of(cache, trainer.split["train"])
+        batch = trainer.reader.read(train_windows[:bs], trainer.labeled).to(device, trainer.channels_last)
+        b = bs / timed(lambda: trainer.train_step(model, train_model, opt, batch), steps, warmup, device)
+        n_windows = min(len(train_windows), bs * steps * (3 if cuda else 1))
+        windows = train_windows[:n_windows]
+        trainer.train_epoch(model, train_model, opt, windows[: 2 * bs], 0, 10)  # warm the page cache and kernels
+        sync(device)
+        t = time.perf_counter()
+        trainer.train_epoch(model, train_model, opt, windows, 1, 10)
+        sync(device)
+        cc = (len(windows) // bs * bs) / (time.perf_counter() - t)
+
+        # inference at batch 256
+        model.eval()
+        inf_batch = trainer.reader.read(train_windows[:256]).to(device, trainer.channels_last)
+
+        @torch.no_grad()
+        def infer():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                model(inf_batch.visual, inf_batch.audio, visual_present=inf_batch.visual_present, audio_present=inf_batch.audio_present)
+
+        inf = len(inf_batch.labels) / timed(infer, max(3, steps // 3), warmup, device)
+        print(f"  (a) plain PyTorch reference step      {a:9.1f} windows/s")
+        print(f"  (b) avhgr training step (on device)   {b:9.1f} windows/s   b/a = {b / a:.3f}")
+        print(f"  (c) avhgr loop reading the cache      {cc:9.1f} windows/s   c/b = {cc / b:.3f}")
+        print(f"  inference, batch {len(inf_batch.labels)}                {inf:9.1f} windows/s")
+    predict_latency(cache, device)
+
+
+def predict_latency(cache: Cache, device) -> None:
+    """`avhgr predict` on one clip, stage by stage (the clip: the first video of the cache)."""
+    from avhgr.decode import probe, read_audio_windows, read_frames_at
+    from avhgr.features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
+    from avhgr.preprocess import make_cropper
+
+    settings = FeatureSettings(**cache.settings["features"])
+    root = Path(cache.root)
+    video = next(v for v in cache.videos if v["has_video"] and v["has_audio"])
+    index = {line.split(",")[0]: line.split(",")[1] for line in (root / "index.csv").read_text().splitlines()[1:]}
+    path = Path(index[str(video["id"])])
+    t = time.perf_counter()
+    cropper = make_cropper(settings, str(device))
+    cropper.detect([np.zeros((240, 320, 3), np.uint8)])
+    log_mel(np.zeros((1, int(settings.window_seconds * settings.sample_rate)), np.float32), settings)
+    cold = time.perf_counter() - t  # MTCNN weights, librosa's lazy imports and JIT: once per process
+    times = {}
+    t = time.perf_counter()
+    info = probe(path)
+    starts = sample_window_starts(info.duration, settings.windows, settings.window_seconds, np.random.default_rng(video_seed(0, path.name)))
+    keys = key_frame_times(starts, settings.window_seconds, info.duration)
+    frames = read_frames_at(path, keys)
+    audio, _ = read_audio_windows(path, starts, settings.window_seconds)
+    times["decode"] = time.perf_counter() - t
+    t = time.perf_counter()
+    cropper.crop_video(frames, keys)
+    times["faces"] = time.perf_counter() - t
+    t = time.perf_counter()
+    log_mel(audio, settings)
+    times["spectrograms"] = time.perf_counter() - t
+    model = AVHGRModel(len(cache.classes), "resnet50" if device.type == "cuda" else "resnet18").to(device).eval()
+    x_v = torch.randn(settings.windows, 3, settings.face_size, settings.face_size, device=device)
+    x_a = torch.randn(settings.windows, 1, 94, 94, device=device)
+    with torch.no_grad():
+        model(x_v, x_a)
+        sync(device)
+        t = time.perf_counter()
+        model(x_v, x_a)
+        sync(device)
+    times["networks"] = time.perf_counter() - t
+    total = sum(times.values())
+    print(f"predict latency on {path.name} ({info.duration:.1f} s, {settings.windows} windows), warm: {1000 * total:.0f} ms = "
+          + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in times.items()) + f"; once per process before the first file: {1000 * cold:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
