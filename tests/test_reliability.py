@@ -168,3 +168,46 @@ def test_cache_arrays_are_memory_mapped(tiny):
 
     cache = Cache.open(tiny / "cache")
     assert isinstance(cache.faces, np.memmap) and isinstance(cache.spectrograms, np.memmap)
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; fail if it ended first."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, "the command ended before it could be killed"
+        assert time.time() < deadline, "timed out waiting to kill"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_during_train_then_resume_ends_like_an_uninterrupted_run(tiny, tmp_path):
+    args = ["train", "--cache", str(tiny / "cache"), "--epochs", "3", "--pretrain-epochs", "2", "--backbone", "resnet18",
+            "--batch-size", "16", "--device", "cpu"]  # fmt: skip
+    whole = subprocess.run([*CLI, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    _kill_when([*CLI, *args, "--out", str(cut)], lambda: (cut / "stage2.last.pt").exists())
+    assert not (cut / "report.json").exists()
+    resumed = subprocess.run([*CLI, *args, "--out", str(cut), "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    strip = lambda p: [",".join(line.split(",")[:-1]) for line in p.read_text().splitlines()]  # noqa: E731 - drop the seconds column
+    assert strip(cut / "metrics.csv") == strip(tmp_path / "whole" / "metrics.csv")
+    assert (cut / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert json.loads((cut / "report.json").read_text())["predictions"] == json.loads((tmp_path / "whole" / "report.json").read_text())["predictions"]
+
+
+def test_kill_9_during_study_then_rerun_finishes_the_same_table(tiny, tmp_path):
+    args = ["study", "stability", "--cache", str(tiny / "cache"), "--quick", "--layers", "1", "--lams", "1", "--batch-size", "16", "--device", "cpu"]
+    whole = subprocess.run([*CLI, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    _kill_when([*CLI, *args, "--out", str(cut)], lambda: len(list(cut.glob("runs/*/seed0/report.json"))) >= 2)
+    assert not (cut / "stability.csv").exists()
+    rerun = subprocess.run([*CLI, *args, "--out", str(cut)], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (cut / "stability.csv").read_text() == (tmp_path / "whole" / "stability.csv").read_text()

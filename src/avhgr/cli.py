@@ -197,7 +197,7 @@ def predict(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the corpus, cache, runs and report."),
-    per_class: int = typer.Option(8, help="Videos per class."),
+    per_class: int = typer.Option(10, help="Videos per class (10: 12 validation and 12 test videos)."),
     epochs: int = typer.Option(6, help="Epochs per stage."),
 ):
     """The whole system on a built-in corpus of generated videos, offline, on the CPU."""

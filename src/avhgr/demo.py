@@ -85,7 +85,7 @@ def build_corpus(out: Path, per_class: int = 8, duration: float = 2.0, fps: int 
     return out / "manifest.csv"
 
 
-def run_demo(out: Path, per_class: int = 8, epochs: int = 6, pretrain_epochs: int = 6, log=print) -> dict:
+def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: int = 6, log=print) -> dict:
     """Corpus -> preprocess -> audio-only, visual-only, baseline, fg, fgh -> table, predict, report."""
     from .cache import Cache
     from .datasets import index_dataset, select_emotions
