@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, out: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> Path:
     """Face crop and spectrogram of a few windows of each class, labelled, in one PNG."""
     rng = np.random.default_rng(seed)
@@ -47,12 +56,7 @@ def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> 
         else:
             spec_ax.text(0.5, 0.5, "no audio", ha="center", va="center")
     fig.suptitle(f"{Path(cache.root).name}: faces (top) and log-Mel spectrograms (below), {cache.num_windows} windows", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def confusion_png(matrix: np.ndarray, classes: list[str], out: str | Path, title: str = "") -> Path:
@@ -74,11 +78,7 @@ def confusion_png(matrix: np.ndarray, classes: list[str], out: str | Path, title
                         color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def heatmap_png(values: np.ndarray, rows: list[str], cols: list[str], out: str | Path, title: str = "") -> Path:
@@ -95,11 +95,7 @@ def heatmap_png(values: np.ndarray, rows: list[str], cols: list[str], out: str |
             ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=8, color="black" if bright else "white")
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def missing_png(rows: list[dict], scenarios: tuple[str, ...], out: str | Path) -> Path:
@@ -118,8 +114,4 @@ def missing_png(rows: list[dict], scenarios: tuple[str, ...], out: str | Path) -
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("video accuracy (%)")
     axes[0][-1].legend()
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
