@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import face_frames
 
 from avhgr.cache import Cache, CacheError
 from avhgr.datasets import index_dataset, select_emotions
 from avhgr.features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
-from avhgr.preprocess import run_preprocess
+from avhgr.faces import nearest_boxes
+from avhgr.preprocess import crop_faces, make_cropper, run_preprocess
+from avhgr.synth import write_media
 
 SMALL = FeatureSettings(windows=4, face_size=48)
 
@@ -86,6 +89,28 @@ def test_face_crop_is_centred_on_the_face(corpus_cache):
     face = cache.faces[row].astype(np.float32)
     # The canvas around the photo is a flat 235 gray; a face crop holds little of it.
     assert np.mean(np.all(np.abs(face - 235) < 3, axis=-1)) < 0.2
+
+
+def test_many_windows_are_cropped_in_chunks_like_in_one_pass(tmp_path):
+    """Dense sampling (predict --windows) decodes key frames a chunk at a time; the crops, the
+    found flags and the nearest-box fallback for faceless frames are those of one pass."""
+    frames = face_frames(30, drift=30)
+    ramp = np.broadcast_to(np.linspace(0, 255, frames[0].shape[1], dtype=np.uint8)[None, :, None], frames[0].shape)
+    for i in (3, 4, 17):
+        frames[i] = ramp.copy()  # no face here; where the crop is cut still shows in the ramp
+    path = write_media(tmp_path / "dense.mp4", frames, 10)
+    times = np.linspace(0.05, 2.9, 12)
+    cropper = make_cropper(FeatureSettings(face_size=48, detect_size=320, min_face=30))
+    whole_faces, whole_found = crop_faces(path, times, cropper, chunk=100)
+    faces, found = crop_faces(path, times, cropper, chunk=5)
+    assert (found == whole_found).all() and 0 < found.sum() < len(found)
+    assert np.abs(faces.astype(int) - whole_faces.astype(int)).mean() < 1.0
+
+
+def test_faceless_windows_take_the_nearest_box_in_time():
+    a, b = (0, 0, 10, 10), (5, 5, 20, 20)
+    assert nearest_boxes([None, a, None, None, b], [0, 1, 2, 3.6, 4]) == [a, a, a, b, b]
+    assert nearest_boxes([None, None], [0, 1]) == [None, None]  # no face at all: centre crops
 
 
 def test_rerun_with_other_settings_is_refused_then_overwritten(corpus, tmp_path):

@@ -155,3 +155,5 @@ def test_predict_on_files(trained, tiny):
     assert len(res["timeline"]) == 4 and res["timeline"][0]["start"] <= res["timeline"][-1]["start"]
     audio_only = write_media(tiny / "voice.wav", audio=tone(1.0, 16_000, 140), sample_rate=16_000)
     assert predictor.predict_file(audio_only)["missing"] == ["visual"]
+    denser = Predictor(out, device="cpu", windows=7).predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
+    assert denser["windows"] == 7 and len(denser["timeline"]) == 7

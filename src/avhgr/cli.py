@@ -161,6 +161,7 @@ def predict(
     model: Path = typer.Option(..., "--model", help="A run folder made by `avhgr train`."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per file."),
     timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
+    windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as in training, 30)."),
     device: str = typer.Option("auto"),
 ):
     """The emotion in each file, from the same preprocessing as training."""
@@ -171,7 +172,7 @@ def predict(
     from .train import RunError
 
     try:
-        predictor = Predictor(model, device)
+        predictor = Predictor(model, device, windows)
     except RunError as exc:
         fail(str(exc))
     failed = 0

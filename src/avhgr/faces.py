@@ -73,17 +73,20 @@ class FaceCropper:
     def crop_video(self, frames: list[np.ndarray], times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Face crops (n, S, S, 3) uint8 and a bool per window: was a face found in its frame."""
         detections = self.detect(frames)
-        found = np.array([d is not None for d in detections], dtype=bool)
-        times = np.asarray(times, dtype=np.float64)
+        boxes = [d[0] if d is not None else None for d in detections]
+        found = np.array([b is not None for b in boxes], dtype=bool)
+        fill = nearest_boxes(boxes, times)
         faces = np.empty((len(frames), self.face_size, self.face_size, 3), dtype=np.uint8)
-        with_face = np.flatnonzero(found)
         for i, frame in enumerate(frames):
-            if found[i]:
-                box = detections[i][0]
-            elif len(with_face):
-                nearest = with_face[np.argmin(np.abs(times[with_face] - times[i]))]
-                box = detections[nearest][0]
-            else:
-                box = None
-            faces[i] = self.crop(frame, box)
+            faces[i] = self.crop(frame, fill[i])
         return faces, found
+
+
+def nearest_boxes(boxes: list[Box | None], times) -> list[Box | None]:
+    """Each window's own box, or else the box of the window nearest in time that has one
+    (None, a centre crop, when no window of the video has a face)."""
+    times = np.asarray(times, dtype=np.float64)
+    with_face = np.flatnonzero([b is not None for b in boxes])
+    if len(with_face) == 0:
+        return list(boxes)
+    return [b if b is not None else boxes[with_face[np.argmin(np.abs(times[with_face] - times[i]))]] for i, b in enumerate(boxes)]

@@ -40,13 +40,17 @@ def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, 
 
 
 class Predictor:
-    def __init__(self, run: str | Path, device: str = "auto"):
+    def __init__(self, run: str | Path, device: str = "auto", windows: int | None = None):
+        """``windows``: how many random windows to look at per file (default: as in training);
+        more gives a denser timeline on long videos, at a proportional cost."""
+        if windows is not None and windows < 1:
+            raise RunError(f"windows must be at least 1, not {windows}")
         self.device = resolve_device(device)
         self.model, card = load_model(run, self.device)
         self.classes: list[str] = card["classes"]
         self.modalities: list[str] = card["modalities"]
         self.audio_stats = tuple(card["audio_stats"])
-        self.settings = FeatureSettings(**card["features"])
+        self.settings = FeatureSettings(**{**card["features"], **({"windows": windows} if windows else {})})
         self._cropper = None
 
     @property
@@ -95,10 +99,10 @@ class Predictor:
 
 
 class _LazyCropper:
-    """Passes crop_video through to the predictor's cropper, creating it on first use."""
+    """Stands for the predictor's cropper, creating it (loading MTCNN) on first use."""
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
 
-    def crop_video(self, frames, times):
-        return self.predictor.cropper.crop_video(frames, times)
+    def __getattr__(self, name):
+        return getattr(self.predictor.cropper, name)

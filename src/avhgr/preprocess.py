@@ -37,11 +37,60 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
         else:
             result["specs"] = log_mel(audio, settings).astype(np.float16)
     if info.has_video:
-        frames = read_frames_at(path, key_times)
-        faces, found = cropper.crop_video(frames, key_times)
-        result["faces"], result["face_found"] = faces, found
+        result["faces"], result["face_found"] = crop_faces(path, key_times, cropper)
     result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}
     return result
+
+
+FRAME_CHUNK = 32  # full-resolution key frames held at once (a 1080p frame is 6 MB)
+
+
+def crop_faces(path: str | Path, key_times: np.ndarray, cropper, chunk: int = FRAME_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Face crops and face-found flags for the key frames at ``key_times``.
+
+    Up to ``chunk`` windows: one decoding pass with every frame in memory. More (a long video
+    sampled densely by `predict --windows`): frames are decoded, detected and cropped ``chunk``
+    at a time in time order, so memory does not grow with the window count; frames without a
+    face are decoded again at the end, once the nearest window's box is known.
+    """
+    key_times = np.asarray(key_times, dtype=np.float64)
+    n = len(key_times)
+    if n <= chunk:
+        return cropper.crop_video(read_frames_at(path, key_times), key_times)
+    boxes: list = [None] * n
+    faces = np.empty((n, cropper.face_size, cropper.face_size, 3), dtype=np.uint8)
+    last_good: np.ndarray | None = None
+
+    def frames_of(part: np.ndarray) -> list[np.ndarray]:
+        nonlocal last_good
+        try:
+            frames = read_frames_at(path, key_times[part])
+        except MediaError:
+            if last_good is None:
+                raise
+            # A truncated file: as in one pass, windows past the break get the last good frame.
+            frames = [last_good] * len(part)
+        last_good = frames[-1]
+        return frames
+
+    order = np.argsort(key_times, kind="stable")
+    for part in np.array_split(order, -(-n // chunk)):
+        frames = frames_of(part)
+        for i, frame, det in zip(part, frames, cropper.detect(frames)):
+            if det is not None:
+                boxes[i] = det[0]
+                faces[i] = cropper.crop(frame, det[0])
+    found = np.array([b is not None for b in boxes], dtype=bool)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        from .faces import nearest_boxes
+
+        fill = nearest_boxes(boxes, key_times)
+        last_good = None
+        for part in np.array_split(missing, -(-len(missing) // chunk)):
+            for i, frame in zip(part, frames_of(part)):
+                faces[i] = cropper.crop(frame, fill[i])
+    return faces, found
 
 
 def make_cropper(settings: FeatureSettings, device: str = "cpu"):

@@ -8,6 +8,7 @@ inside scikit-image (the astronaut Eileen Collins, public domain), so nothing is
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -39,11 +40,16 @@ def write_media(
     vcodec, acodec = _CODECS[path.suffix.lower()]
     if frames is not None and vcodec is None:
         raise ValueError(f"{path.suffix} holds audio only")
-    frames = list(frames) if frames is not None else None
+    # Frames are streamed (a long 1080p video does not fit in memory): peek at the first one.
+    first = None
+    if frames is not None:
+        frames = iter(frames)
+        first = next(frames, None)
+        frames = itertools.chain([first], frames) if first is not None else iter(())
     with av.open(str(path), "w") as container:
         vstream = astream = None
-        if frames:
-            h, w = frames[0].shape[:2]
+        if first is not None:
+            h, w = first.shape[:2]
             rate = Fraction(fps).limit_denominator(1001)
             vstream = container.add_stream(vcodec, rate=rate)
             vstream.width, vstream.height = w - w % 2, h - h % 2
@@ -57,9 +63,7 @@ def write_media(
             channels = audio.shape[0]
             astream = container.add_stream(acodec, rate=sample_rate)
             astream.layout = _LAYOUTS[channels]
-        times = None
-        if vstream is not None:
-            times = list(frame_times) if frame_times is not None else [i / float(rate) for i in range(len(frames))]
+        times = iter(frame_times) if frame_times is not None else None
         chunk = 1024
         audio_pos = 0
 
@@ -80,10 +84,11 @@ def write_media(
 
         if vstream is not None:
             for i, img in enumerate(frames):
-                mux_audio_until(times[i])
+                t = next(times) if times is not None else i / float(rate)
+                mux_audio_until(t)
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[: vstream.height, : vstream.width]), format="rgb24")
-                if frame_times is not None:
-                    frame.pts = int(round(times[i] * 1000))
+                if times is not None:
+                    frame.pts = int(round(t * 1000))
                     frame.time_base = Fraction(1, 1000)
                 else:
                     frame.pts = i
