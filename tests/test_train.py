@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import avhgr.predict
 from avhgr.data import labeled_subset, split_videos
 from avhgr.evaluate import evaluate_run, missing_assignment
 from avhgr.predict import Predictor
@@ -146,7 +147,7 @@ def test_evaluate_with_missing_modalities(trained):
     assert missing_assignment(list(range(10)), "audio", 0.2) == missing_assignment(list(range(10)), "audio", 0.2)
 
 
-def test_predict_on_files(trained, tiny):
+def test_predict_on_files(trained, tiny, monkeypatch):
     out, _ = trained
     predictor = Predictor(out, device="cpu")
     res = predictor.predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
@@ -157,3 +158,7 @@ def test_predict_on_files(trained, tiny):
     assert predictor.predict_file(audio_only)["missing"] == ["visual"]
     denser = Predictor(out, device="cpu", windows=7).predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
     assert denser["windows"] == 7 and len(denser["timeline"]) == 7
+    monkeypatch.setattr(avhgr.predict, "PREDICT_BATCH", 3)  # the same windows in three forward passes
+    batched = Predictor(out, device="cpu", windows=7).predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
+    assert batched["probabilities"] == pytest.approx(denser["probabilities"], abs=1e-4)
+    assert [w["emotion"] for w in batched["timeline"]] == [w["emotion"] for w in denser["timeline"]]

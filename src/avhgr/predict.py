@@ -39,6 +39,9 @@ def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, 
     return model.to(device).eval(), card
 
 
+PREDICT_BATCH = 64  # windows per forward pass
+
+
 class Predictor:
     def __init__(self, run: str | Path, device: str = "auto", windows: int | None = None):
         """``windows``: how many random windows to look at per file (default: as in training);
@@ -75,9 +78,13 @@ class Predictor:
             faces = np.zeros((n, self.settings.face_size, self.settings.face_size, 3), np.uint8)
         if "audio" in self.modalities and specs is None:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
-        batch = make_batch(faces, specs, np.full(n, used_video), np.full(n, used_audio), self.audio_stats)
-        batch = batch.to(self.device)
-        probs = torch.softmax(forward_logits(self.model, batch).float(), dim=1).cpu().numpy()
+        probs = []
+        for lo in range(0, n, PREDICT_BATCH):  # batches: activations stay small however many windows
+            part, m = slice(lo, lo + PREDICT_BATCH), min(PREDICT_BATCH, n - lo)
+            batch = make_batch(None if faces is None else faces[part], None if specs is None else specs[part],
+                               np.full(m, used_video), np.full(m, used_audio), self.audio_stats).to(self.device)  # fmt: skip
+            probs.append(torch.softmax(forward_logits(self.model, batch).float(), dim=1).cpu().numpy())
+        probs = np.concatenate(probs)
         mean = probs.mean(axis=0)
         missing = [m for m, used in (("visual", has_video), ("audio", has_audio)) if not used]
         result = {
