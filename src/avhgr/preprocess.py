@@ -20,6 +20,9 @@ from .decode import MediaError, probe, read_audio_windows, read_frames_at
 from .features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
 
 
+FRAME_CHUNK = 32  # windows whose key frames (a 1080p frame is 6 MB) or STFTs are held at once
+
+
 def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None) -> dict:
     """Windows of one media file: arrays 'starts', 'key_times', 'specs' (if audio), 'faces' and
     'face_found' (if video), and 'meta'. ``key`` names the file in the window seed (default: its
@@ -35,14 +38,13 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
         if n_samples == 0:
             has_audio = False  # an audio stream with no decodable sample: treat as missing
         else:
-            result["specs"] = log_mel(audio, settings).astype(np.float16)
+            # In chunks: the STFT of one window takes ~1.5 MB, which adds up under `predict --windows`.
+            result["specs"] = np.concatenate([log_mel(audio[i : i + FRAME_CHUNK], settings).astype(np.float16)
+                                              for i in range(0, len(audio), FRAME_CHUNK)])  # fmt: skip
     if info.has_video:
         result["faces"], result["face_found"] = crop_faces(path, key_times, cropper)
     result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}
     return result
-
-
-FRAME_CHUNK = 32  # full-resolution key frames held at once (a 1080p frame is 6 MB)
 
 
 def crop_faces(path: str | Path, key_times: np.ndarray, cropper, chunk: int = FRAME_CHUNK) -> tuple[np.ndarray, np.ndarray]:
