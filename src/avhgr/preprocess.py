@@ -82,6 +82,7 @@ def crop_faces(path: str | Path, key_times: np.ndarray, cropper, chunk: int = FR
             if det is not None:
                 boxes[i] = det[0]
                 faces[i] = cropper.crop(frame, det[0])
+        del frames, frame  # free this chunk's frames before the next is decoded
     found = np.array([b is not None for b in boxes], dtype=bool)
     missing = np.flatnonzero(~found)
     if len(missing):
