@@ -138,8 +138,10 @@ def test_truncated_and_mismatched_checkpoints_give_clear_errors(model_run, tmp_p
         load_weights(AVHGRModel(6, "resnet18"), cut)
     with pytest.raises(RunError, match="does not match this model"):
         load_weights(ModalityNet(6, "resnet34"), model_run / "stage1_audio.safetensors")
+    state = tmp_path / "state.pt"
+    save_state({"model": AVHGRModel(6, "resnet18").state_dict(), "epoch": 1}, state)
     cut_state = tmp_path / "cut.pt"
-    cut_state.write_bytes((model_run / "stage2.last.pt").read_bytes()[:1000])
+    cut_state.write_bytes(state.read_bytes()[:1000])
     with pytest.raises(RunError, match="not a loadable training state"):
         load_state(cut_state)
 

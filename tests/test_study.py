@@ -32,8 +32,12 @@ def test_stability_quick(tiny):
     assert (tiny / "study_stability" / "stability.png").stat().st_size > 1000
     # Stage 1 was trained once: the other cells start from the base run.
     runs = tiny / "study_stability" / "runs"
-    assert (runs / "baseline_L1" / "seed0" / "stage1_audio.last.pt").exists()
-    assert not (runs / "fgh_lam1_L2" / "seed0" / "stage1_audio.last.pt").exists()
+    assert (runs / "baseline_L1" / "seed0" / "stage1_audio.safetensors").exists()
+    assert {r["stage"] for r in read_csv(runs / "baseline_L1" / "seed0" / "metrics.csv")} == {"stage1_audio", "stage1_visual", "stage2"}
+    assert {r["stage"] for r in read_csv(runs / "fgh_lam1_L2" / "seed0" / "metrics.csv")} == {"stage2"}
+    assert not list(runs.glob("*/seed0/*.last.pt"))  # finished cells keep weights, not optimiser states
+    shared = [runs / cell / "seed0" / "stage1_audio.safetensors" for cell in ("baseline_L1", "fgh_lam1_L2")]
+    assert shared[0].stat().st_ino == shared[1].stat().st_ino  # one stage 1 on disk, hard-linked
 
 
 def test_stability_rerun_only_finishes_what_is_missing(tiny):

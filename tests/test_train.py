@@ -44,8 +44,8 @@ def test_labeled_subset_is_stratified():
 @pytest.fixture(scope="module")
 def trained(tiny):
     out = tiny / "run_fgh"
-    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=4, pretrain_epochs=4, **TINY), log=lambda *a: None)
-    return out, report
+    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=4, pretrain_epochs=4, keep_states=True, **TINY)
+    return out, train(cfg, log=lambda *a: None)
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -72,8 +72,11 @@ def test_best_epoch_is_kept(trained):
     out, _ = trained
     rows = [r for r in read_metrics(out) if r["stage"] == "stage2"]
     accs = [float(r["val_video_acc"]) for r in rows]
-    state = torch.load(out / "stage2.last.pt", weights_only=True)
+    state = torch.load(out / "stage2.last.pt", weights_only=True)  # kept: keep_states=True
     assert state["best_epoch"] == int(np.argmax(accs)) + 1  # the first epoch of the best accuracy
+    stage2 = json.loads((out / "report.json").read_text())["stages"]["stage2"]
+    assert (stage2["epochs"], stage2["best_epoch"]) == (4, state["best_epoch"])
+    assert stage2["best_val_video_accuracy"] == pytest.approx(max(accs), abs=1e-6)
     from safetensors.torch import load_file
 
     best, final = load_file(str(out / "stage2.safetensors")), load_file(str(out / "model.safetensors"))
@@ -127,6 +130,13 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny):
     assert resumed["predictions"] == whole["predictions"]
     assert (tiny / "cut" / "model.safetensors").read_bytes() == (tiny / "whole" / "model.safetensors").read_bytes()
     assert [r["loss"] for r in read_metrics(tiny / "cut")] == [r["loss"] for r in read_metrics(tiny / "whole")]
+    # A finished run keeps its weights and drops its optimiser states (they are 3x the weights).
+    for run in ("whole", "cut"):
+        assert not list((tiny / run).glob("*.last.pt")) and not (tiny / run / "stage2.safetensors").exists()
+        assert (tiny / run / "stage1_audio.safetensors").exists() and (tiny / run / "model.safetensors").exists()
+    # Resuming a finished run reads its report back and trains nothing.
+    again = train(TrainConfig(out=str(tiny / "whole"), **kw), resume=True, log=lambda *a: pytest.fail(f"trained: {a}"))
+    assert again["predictions"] == whole["predictions"]
 
 
 def test_unimodal_runs_and_init_from(trained, tiny):

@@ -102,6 +102,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .cache import CacheError
@@ -115,6 +116,7 @@ def train(
             pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
             split=split, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
+            keep_states=keep_states,
         )  # fmt: skip
         result = run_training(cfg, runs, resume)
     except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:

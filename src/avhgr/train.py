@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -60,6 +61,7 @@ class TrainConfig:
     init_from: str | None = None  # a run folder whose stage-1 networks start this run (no stage 1 here)
     amp: bool | None = None  # bf16 autocast; None: on CUDA only
     eval_batch_size: int = 256
+    keep_states: bool = False  # keep the resume states (*.last.pt, ~3x the weights) once the run is done
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +97,19 @@ def resolve_device(device: str) -> torch.device:
 def save_weights(module: torch.nn.Module, path: Path) -> None:
     """safetensors (no code runs on load), written atomically."""
     atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` holds ``src``'s bytes: a hard link where the file system allows (the cells of a
+    study share one stage 1, and need not store it once each), else an atomic copy."""
+    tmp = dst.with_name(dst.name + ".link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        atomic_write_bytes(dst, Path(src).read_bytes())
+        return
+    os.replace(tmp, dst)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
@@ -276,7 +291,8 @@ class Trainer:
             old = json.loads(cfg_path.read_text())
             if not resume:
                 raise RunError(f"{self.out}: already holds a run; use --resume to continue it, or another --out")
-            if old["train"] | {"device": None, "amp": None} != settings["train"] | {"device": None, "amp": None}:
+            free = {"device": None, "amp": None, "keep_states": None}  # may change between start and resume
+            if {**old["train"], **free} != {**settings["train"], **free}:
                 raise RunError(f"{self.out}: --resume with other settings than the run was started with")
         atomic_write_text(cfg_path, json.dumps(settings, indent=2))
 
@@ -416,8 +432,17 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, c = self.cfg, len(self.cache.classes)
+        done = self.out / "report.json"
+        if done.exists():  # resuming a finished run (perhaps killed while tidying up)
+            if self.main:
+                self._drop_states()
+                if self.tb is not None:
+                    self.tb.close()
+            barrier(self.dist)
+            return json.loads(done.read_text()) if self.main else {}
         t0 = time.time()
         nets: dict[str, ModalityNet] = {}
+        stages: dict[str, dict] = {}
         for index, modality in enumerate(cfg.modalities):
             self._current_modality = modality
             torch.manual_seed(cfg.seed * 1000 + index)  # initial weights depend on the seed alone
@@ -428,11 +453,12 @@ class Trainer:
                     raise RunError(f"--init-from {cfg.init_from}: it has no {src.name}")
                 load_weights(net, src)
                 if self.main:
-                    save_weights(net, self.out / f"stage1_{modality}.safetensors")
+                    link_or_copy(src, self.out / f"stage1_{modality}.safetensors")
             else:
                 labeled_train = [v for v in self.split["train"] if v in self.labeled]
                 windows = windows_of(self.cache, labeled_train, modality)
-                self.fit(f"stage1_{modality}", net, windows, cfg.stage1_epochs, stage_index=index + 1)
+                state = self.fit(f"stage1_{modality}", net, windows, cfg.stage1_epochs, stage_index=index + 1)
+                stages[f"stage1_{modality}"] = stage_summary(state)
             nets[modality] = net
         if len(cfg.modalities) == 1:
             model: torch.nn.Module = nets[cfg.modalities[0]]
@@ -442,7 +468,7 @@ class Trainer:
             model.visual.load_state_dict(nets["visual"].state_dict())
             model.audio.load_state_dict(nets["audio"].state_dict())
             windows = windows_of(self.cache, self.split["train"])
-            self.fit("stage2", model, windows, cfg.epochs, stage_index=10)
+            stages["stage2"] = stage_summary(self.fit("stage2", model, windows, cfg.epochs, stage_index=10))
         # What prediction needs to rebuild and feed the model, beside its weights.
         card = {"classes": self.cache.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone,
                 "fusion_layers": cfg.fusion_layers, "audio_stats": list(self.audio_stats),
@@ -454,12 +480,25 @@ class Trainer:
         atomic_write_text(self.out / "model.json", json.dumps(card, indent=2))
         report = self.test(model)
         report["train_seconds"] = round(time.time() - t0, 2)
-        atomic_write_text(self.out / "report.json", json.dumps(report, indent=2))
+        report["stages"] = stages
         write_report_files(self.out, report, self.cache.classes)
+        atomic_write_text(done, json.dumps(report, indent=2))  # last: its presence means the run is complete
+        self._drop_states()
         if self.tb is not None:
             self.tb.close()
         barrier(self.dist)
         return report
+
+    def _drop_states(self) -> None:
+        """A finished run needs its weights, not its optimiser states: without this, every
+        cell of a study leaves ~0.5 GB (ResNet-18) behind."""
+        if self.cfg.keep_states:
+            return
+        for path in self.out.glob("*.last.pt"):
+            path.unlink(missing_ok=True)
+        # The joint model's best weights are model.safetensors; stage-1 weights stay (--init-from).
+        if (self.out / "model.safetensors").exists():
+            (self.out / "stage2.safetensors").unlink(missing_ok=True)
 
     def test(self, model, drop: dict[int, str] | None = None) -> dict:
         windows = windows_of(self.cache, self.split["test"])
@@ -472,6 +511,10 @@ class Trainer:
             p["path"] = names[p["video"]]
             p["label"], p["pred"] = self.cache.classes[p["label"]], self.cache.classes[p["pred"]]
         return {"classes": self.cache.classes, "config": self.cfg.to_json(), "audio_stats": list(self.audio_stats), **m}
+
+
+def stage_summary(state: dict) -> dict:
+    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_video_accuracy": state["best_acc"]}
 
 
 def write_report_files(out: Path, report: dict, classes: list[str], stem: str = "test") -> None:
