@@ -8,7 +8,9 @@ load). The video-level prediction is the mean of the windows' class probabilitie
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ from .data import make_batch
 from .features import FeatureSettings
 from .models import AVHGRModel, ModalityNet
 from .preprocess import make_cropper, process_file
-from .train import RunError, forward_logits, load_weights, resolve_device
+from .train import RunError, load_weights, resolve_device, window_probabilities
 
 
 def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -53,7 +55,9 @@ class Predictor:
         self.classes: list[str] = card["classes"]
         self.modalities: list[str] = card["modalities"]
         self.audio_stats = tuple(card["audio_stats"])
-        self.settings = FeatureSettings(**{**card["features"], **({"windows": windows} if windows else {})})
+        self.settings = FeatureSettings(**card["features"])
+        if windows is not None:
+            self.settings = replace(self.settings, windows=windows)
         self._cropper = None
 
     @property
@@ -78,13 +82,12 @@ class Predictor:
             faces = np.zeros((n, self.settings.face_size, self.settings.face_size, 3), np.uint8)
         if "audio" in self.modalities and specs is None:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
-        probs = []
-        for lo in range(0, n, PREDICT_BATCH):  # batches: activations stay small however many windows
-            part, m = slice(lo, lo + PREDICT_BATCH), min(PREDICT_BATCH, n - lo)
-            batch = make_batch(None if faces is None else faces[part], None if specs is None else specs[part],
-                               np.full(m, used_video), np.full(m, used_audio), self.audio_stats).to(self.device)  # fmt: skip
-            probs.append(torch.softmax(forward_logits(self.model, batch).float(), dim=1).cpu().numpy())
-        probs = np.concatenate(probs)
+        # The file's windows, read like a cache by the evaluation loop (batches: activations stay
+        # small however many windows).
+        reader = SimpleNamespace(read=lambda rows: make_batch(
+            None if faces is None else faces[rows], None if specs is None else specs[rows],
+            np.full(len(rows), used_video), np.full(len(rows), used_audio), self.audio_stats))  # fmt: skip
+        probs = window_probabilities(self.model, reader, np.arange(n), self.device, PREDICT_BATCH)
         mean = probs.mean(axis=0)
         missing = [m for m, used in (("visual", has_video), ("audio", has_audio)) if not used]
         result = {

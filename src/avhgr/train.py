@@ -432,14 +432,6 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, c = self.cfg, len(self.cache.classes)
-        done = self.out / "report.json"
-        if done.exists():  # resuming a finished run (perhaps killed while tidying up)
-            if self.main:
-                self._drop_states()
-                if self.tb is not None:
-                    self.tb.close()
-            barrier(self.dist)
-            return json.loads(done.read_text()) if self.main else {}
         t0 = time.time()
         nets: dict[str, ModalityNet] = {}
         stages: dict[str, dict] = {}
@@ -482,23 +474,12 @@ class Trainer:
         report["train_seconds"] = round(time.time() - t0, 2)
         report["stages"] = stages
         write_report_files(self.out, report, self.cache.classes)
-        atomic_write_text(done, json.dumps(report, indent=2))  # last: its presence means the run is complete
-        self._drop_states()
+        atomic_write_text(self.out / "report.json", json.dumps(report, indent=2))  # last: the run is complete
+        drop_states(self.out, cfg.keep_states)
         if self.tb is not None:
             self.tb.close()
         barrier(self.dist)
         return report
-
-    def _drop_states(self) -> None:
-        """A finished run needs its weights, not its optimiser states: without this, every
-        cell of a study leaves ~0.5 GB (ResNet-18) behind."""
-        if self.cfg.keep_states:
-            return
-        for path in self.out.glob("*.last.pt"):
-            path.unlink(missing_ok=True)
-        # The joint model's best weights are model.safetensors; stage-1 weights stay (--init-from).
-        if (self.out / "model.safetensors").exists():
-            (self.out / "stage2.safetensors").unlink(missing_ok=True)
 
     def test(self, model, drop: dict[int, str] | None = None) -> dict:
         windows = windows_of(self.cache, self.split["test"])
@@ -511,6 +492,18 @@ class Trainer:
             p["path"] = names[p["video"]]
             p["label"], p["pred"] = self.cache.classes[p["label"]], self.cache.classes[p["pred"]]
         return {"classes": self.cache.classes, "config": self.cfg.to_json(), "audio_stats": list(self.audio_stats), **m}
+
+
+def drop_states(out: Path, keep: bool = False) -> None:
+    """A finished run needs its weights, not its optimiser states: without this, every cell
+    of a study leaves ~0.5 GB (ResNet-18) behind."""
+    if keep:
+        return
+    for path in out.glob("*.last.pt"):
+        path.unlink(missing_ok=True)
+    # The joint model's best weights are model.safetensors; stage-1 weights stay (--init-from).
+    if (out / "model.safetensors").exists():
+        (out / "stage2.safetensors").unlink(missing_ok=True)
 
 
 def stage_summary(state: dict) -> dict:
@@ -528,15 +521,9 @@ def write_report_files(out: Path, report: dict, classes: list[str], stem: str = 
 def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print) -> dict:
     """One run in ``cfg.out``, or ``runs`` seeds in ``cfg.out/seed<N>`` with a summary."""
     if runs <= 1:
-        return Trainer(cfg, resume, log).run()
-    results = []
-    for i in range(runs):
-        sub = replace(cfg, seed=cfg.seed + i, out=str(Path(cfg.out) / f"seed{cfg.seed + i}"))
-        done = Path(sub.out) / "report.json"
-        if resume and done.exists():
-            results.append(json.loads(done.read_text()))
-            continue
-        results.append(Trainer(sub, resume, log).run())
+        return _train_one(cfg, resume, log)
+    results = [_train_one(replace(cfg, seed=cfg.seed + i, out=str(Path(cfg.out) / f"seed{cfg.seed + i}")), resume, log)
+               for i in range(runs)]  # fmt: skip
     if not all(results):  # a process other than rank 0 of a distributed run: nothing to report
         return {}
     accs = np.array([r["video_accuracy"] for r in results])
@@ -547,6 +534,17 @@ def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print) -> d
     }  # fmt: skip
     atomic_write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _train_one(cfg: TrainConfig, resume: bool, log) -> dict:
+    """One run; resumed after it had finished, its report is read back and nothing is redone."""
+    done = Path(cfg.out) / "report.json"
+    if not (resume and done.exists()):
+        return Trainer(cfg, resume, log).run()
+    if int(os.environ.get("RANK", "0")) != 0:  # as Trainer.run: only rank 0 reports and writes
+        return {}
+    drop_states(Path(cfg.out), cfg.keep_states)  # it may have been killed while tidying up
+    return json.loads(done.read_text())
 
 
 def mean_std(values: list[float]) -> str:
