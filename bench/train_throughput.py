@@ -9,7 +9,9 @@ Rows (windows/s):
       tensors already on the device (same precision and memory format as the project uses there)
   (b) the project's own training step (Trainer.train_step) on batches already on the device
   (c) the project's full loop (Trainer.train_epoch) reading the real cache from disk
-and the ratios b/a and c/b; then inference windows/s at batch 256, and `avhgr predict`
+and the ratios b/a and c/b; (d) the data path alone (cache -> normalised batches on the
+device, no compute), the ceiling the loop cannot pass (c/b needs d well above b); on CUDA,
+the number of host syncs in one training step (torch's sync debug mode); then inference windows/s at batch 256, and `avhgr predict`
 latency on one clip broken into decode, faces, spectrograms and networks.
 """
 
@@ -27,7 +29,7 @@ from torch import nn
 from torchvision import models as tv
 
 from avhgr.cache import Cache
-from avhgr.data import windows_of
+from avhgr.data import device_batches, windows_of
 from avhgr.models import AVHGRModel
 from avhgr.train import TrainConfig, Trainer
 
@@ -67,6 +69,25 @@ def soft_hgr_reference(u, v):
     n = u.shape[0]
     u, v = u - u.mean(0), v - v.mean(0)
     return (u * v).sum() / (n - 1) - 0.5 * ((u.T @ u) * (v.T @ v)).sum() / (n - 1) ** 2
+
+
+def host_syncs(step) -> int:
+    """How many times ``step`` makes the host wait for the GPU (CUDA's sync debug mode warns
+    on each)."""
+    import warnings
+
+    step()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        print(f"    sync: {w.message}")
+    return len(caught)
 
 
 def main() -> None:
@@ -128,6 +149,18 @@ def main() -> None:
         sync(device)
         cc = (len(windows) // bs * bs) / (time.perf_counter() - t)
 
+        # (d) the data path alone, over the same windows (repeated to at least 20 batches)
+        chunks = [windows[i : i + bs] for i in range(0, len(windows) - bs + 1, bs)]
+        chunks = chunks * -(-20 // max(len(chunks), 1))
+        read = lambda rows: trainer.reader.read(rows, trainer.labeled)  # noqa: E731
+        sync(device)
+        t = time.perf_counter()
+        for _ in device_batches(read, chunks, device, trainer.channels_last):
+            pass
+        sync(device)
+        d = len(chunks) * bs / (time.perf_counter() - t)
+        syncs = host_syncs(lambda: trainer.train_step(model, train_model, opt, batch)) if cuda else None
+
         # inference at batch 256
         model.eval()
         inf_batch = trainer.reader.read(train_windows[:256]).to(device, trainer.channels_last)
@@ -141,6 +174,9 @@ def main() -> None:
         print(f"  (a) plain PyTorch reference step      {a:9.1f} windows/s")
         print(f"  (b) avhgr training step (on device)   {b:9.1f} windows/s   b/a = {b / a:.3f}")
         print(f"  (c) avhgr loop reading the cache      {cc:9.1f} windows/s   c/b = {cc / b:.3f}")
+        print(f"  (d) data path alone, cache -> device  {d:9.1f} windows/s   d/b = {d / b:.2f}")
+        if syncs is not None:
+            print(f"  host syncs in one training step: {syncs}")
         print(f"  inference, batch {len(inf_batch.labels)}                {inf:9.1f} windows/s")
     predict_latency(cache, device)
 

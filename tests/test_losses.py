@@ -149,3 +149,27 @@ def test_labeled_mask_with_fewer_than_two_labels_drops_h_terms():
     assert correlation_loss(f, g, h, one).item() == pytest.approx(-soft_hgr(f, g).item())
     with pytest.raises(ValueError, match="labeled mask"):
         correlation_loss(f, g, h, torch.ones(5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("marked", [[0, 2, 3, 7, 9], [4, 5], [1], []])
+def test_weighted_soft_hgr_equals_soft_hgr_of_the_marked_rows(marked):
+    """Masking (no host sync) must give the value and gradients of indexing the rows."""
+    torch.manual_seed(1)
+    u, v = torch.randn(10, 4, requires_grad=True), torch.randn(10, 4, requires_grad=True)
+    weight = torch.zeros(10, dtype=torch.bool)
+    weight[marked] = True
+    masked = soft_hgr(u, v, weight)
+    masked.backward()
+    grads = u.grad.clone(), v.grad.clone()
+    u.grad = v.grad = None
+    if len(marked) >= 2:
+        indexed = soft_hgr(u[weight], v[weight])
+        indexed.backward()
+        assert masked.item() == pytest.approx(indexed.item(), rel=1e-5, abs=1e-6)
+        assert torch.allclose(grads[0], u.grad, atol=1e-6) and torch.allclose(grads[1], v.grad, atol=1e-6)
+    else:  # nothing to correlate: 0, and no gradient anywhere
+        assert masked.item() == 0.0
+        assert (grads[0] == 0).all() and (grads[1] == 0).all()
+    assert (grads[0][~weight] == 0).all()
+    with pytest.raises(ValueError, match="weight"):
+        soft_hgr(u, v, torch.ones(9))

@@ -95,7 +95,7 @@ def test_labeled_fraction_masks_labels(tiny):
 
     model = AVHGRModel(6, "resnet18").eval()
     windows = windows_of(trainer.cache, trainer.split["train"])
-    batch = trainer.reader.read(windows, trainer.labeled)
+    batch = trainer.reader.read(windows, trainer.labeled).to("cpu")
     assert 0 < batch.labeled.sum() < len(windows)
     torch.manual_seed(0)
     _, ce, corr = trainer.loss(model, batch)

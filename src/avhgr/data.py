@@ -9,7 +9,10 @@ Splits are by video, never by window, and stratified by label:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ from .cache import Cache
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+PREFETCH = 4  # batches read ahead of the one being computed
 
 
 def split_videos(
@@ -64,27 +68,99 @@ def labeled_subset(train: list[int], labels: dict[int, int], fraction: float, se
 
 @dataclass
 class Batch:
-    visual: torch.Tensor | None  # (n, 3, S, S) float, normalised
+    """Network inputs on the compute device."""
+
+    visual: torch.Tensor | None  # (n, 3, S, S) float, ImageNet-normalised
     audio: torch.Tensor | None  # (n, 1, M, T) float, standardised
-    visual_present: torch.Tensor  # (n,) bool
-    audio_present: torch.Tensor  # (n,) bool
+    # The presence masks stay on the host: which rows to run through each network is then
+    # decided without waiting for the device (no host sync in the training step).
+    visual_present: torch.Tensor  # (n,) bool, CPU
+    audio_present: torch.Tensor  # (n,) bool, CPU
     labels: torch.Tensor  # (n,) long
     labeled: torch.Tensor  # (n,) bool
     video: torch.Tensor  # (n,) long
 
-    def to(self, device, channels_last: bool = False) -> "Batch":
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(
-            visual=None if self.visual is None else self.visual.to(device, non_blocking=True, memory_format=fmt),
-            audio=None if self.audio is None else self.audio.to(device, non_blocking=True, memory_format=fmt),
-            visual_present=move(self.visual_present), audio_present=move(self.audio_present),
-            labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
-        )  # fmt: skip
+
+@dataclass
+class HostBatch:
+    """Windows as the cache stores them, on the host: faces (n, S, S, 3) uint8 and
+    spectrograms (n, M, T) float16, 3 and 2 bytes a value instead of float32's 4 after
+    normalisation. They cross to the device like that and are normalised there (``to``)."""
+
+    faces: torch.Tensor | None
+    specs: torch.Tensor | None
+    visual_present: torch.Tensor
+    audio_present: torch.Tensor
+    labels: torch.Tensor
+    labeled: torch.Tensor
+    video: torch.Tensor
+    audio_stats: tuple[float, float]
+
+    def pin_memory(self) -> "HostBatch":
+        """Page-locked copies, so that copies to a GPU run asynchronously."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return replace(self, faces=pin(self.faces), specs=pin(self.specs), labels=pin(self.labels),
+                       labeled=pin(self.labeled), video=pin(self.video))  # fmt: skip
+
+    def to(self, device, channels_last: bool = False) -> Batch:
+        """Copy to ``device`` (asynchronously from pinned memory) and normalise there: faces
+        to ImageNet statistics, spectrograms with the training windows' mean and deviation;
+        absent rows are zero. ``channels_last``: the face tensor in that memory format."""
+        device = torch.device(device)
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        visual = audio = None
+        if self.faces is not None:
+            # NHWC bytes seen as NCHW are channels-last already; contiguous NCHW costs one
+            # copy of the bytes, before they become floats.
+            x = move(self.faces).permute(0, 3, 1, 2)
+            x = (x if channels_last else x.contiguous()).float()
+            mean, std = (torch.as_tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            visual = x.div_(255.0).sub_(mean).div_(std)
+            if not bool(self.visual_present.all()):  # host masks: indices computed here, no device sync
+                visual.index_fill_(0, move(torch.nonzero(~self.visual_present).flatten()), 0.0)
+        if self.specs is not None:
+            audio = move(self.specs).float().sub_(self.audio_stats[0]).div_(self.audio_stats[1])
+            if not bool(self.audio_present.all()):
+                audio.index_fill_(0, move(torch.nonzero(~self.audio_present).flatten()), 0.0)
+            audio = audio[:, None]
+        return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
+                     labels=move(self.labels), labeled=move(self.labeled), video=move(self.video))  # fmt: skip
+
+
+def device_batches(
+    read: Callable[[np.ndarray], HostBatch], index_batches: list[np.ndarray], device, channels_last: bool = False, ahead: int = PREFETCH
+) -> Iterator[Batch]:
+    """``read(rows)`` for each of ``index_batches``, in order, as device batches.
+
+    Background threads read up to ``ahead`` batches in advance (into pinned memory for a GPU)
+    while the caller computes on the current one. Threads, not processes: the work is
+    copying rows out of memory-mapped arrays, which numpy and torch do without the GIL, and
+    threads share the maps without pickling batches between processes. The batches and their
+    order are those of reading them one by one.
+    """
+    pin = torch.device(device).type == "cuda"
+    load = (lambda rows: read(rows).pin_memory()) if pin else read
+    if ahead <= 0:
+        for rows in index_batches:
+            yield load(rows).to(device, channels_last)
+        return
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="avhgr-read") as pool:
+        pending: deque = deque()
+        todo = iter(index_batches)
+        try:
+            for rows in todo:
+                pending.append(pool.submit(load, rows))
+                if len(pending) > ahead:
+                    yield pending.popleft().result().to(device, channels_last)
+            while pending:
+                yield pending.popleft().result().to(device, channels_last)
+        finally:  # the caller stopped early or a read failed: drop what is still queued
+            for future in pending:
+                future.cancel()
 
 
 class WindowReader:
-    """Reads batches of windows from the memory-mapped cache and normalises them.
+    """Reads batches of windows from the memory-mapped cache, as stored (``HostBatch``).
 
     Spectrograms are standardised with the mean and deviation of the training windows
     (``audio_stats``, kept in the checkpoint so prediction does the same).
@@ -109,26 +185,19 @@ class WindowReader:
         x = np.asarray(cache.spectrograms[rows], dtype=np.float32)
         return float(x.mean()), float(x.std() + 1e-6)
 
-    def read(self, windows: np.ndarray, labeled_videos: set[int] | None = None) -> Batch:
+    def read(self, windows: np.ndarray, labeled_videos: set[int] | None = None) -> HostBatch:
         windows = np.asarray(windows)
         n = len(windows)
         face_rows, spec_rows = self.face_row[windows], self.spec_row[windows]
-        faces = specs = None
-        if "visual" in self.modalities:
-            faces = np.zeros((n, *self.cache.faces.shape[1:]), dtype=np.uint8)
-            if (face_rows >= 0).any():
-                faces[face_rows >= 0] = _gather(self.cache.faces, face_rows[face_rows >= 0])
-        if "audio" in self.modalities:
-            specs = np.zeros((n, *self.cache.spectrograms.shape[1:]), dtype=np.float32)
-            if (spec_rows >= 0).any():
-                specs[spec_rows >= 0] = _gather(self.cache.spectrograms, spec_rows[spec_rows >= 0])
+        faces = _rows(self.cache.faces, face_rows) if "visual" in self.modalities else None
+        specs = _rows(self.cache.spectrograms, spec_rows) if "audio" in self.modalities else None
         videos = self.video[windows]
         labeled = np.ones(n, dtype=bool) if labeled_videos is None else np.isin(videos, list(labeled_videos))
-        return make_batch(faces, specs, face_rows >= 0, spec_rows >= 0, (self.audio_mean, self.audio_std),
+        return host_batch(faces, specs, face_rows >= 0, spec_rows >= 0, (self.audio_mean, self.audio_std),
                           self.labels[windows], labeled, videos)  # fmt: skip
 
 
-def make_batch(
+def host_batch(
     faces: np.ndarray | None,
     specs: np.ndarray | None,
     visual_present: np.ndarray,
@@ -137,29 +206,32 @@ def make_batch(
     labels: np.ndarray | None = None,
     labeled: np.ndarray | None = None,
     videos: np.ndarray | None = None,
-) -> Batch:
-    """Raw windows -> network inputs: faces (n, S, S, 3) uint8 to ImageNet-normalised
-    (n, 3, S, S); spectrograms (n, M, T) standardised with the training statistics to
-    (n, 1, M, T). Absent rows are zero. The same code serves training and prediction."""
+) -> HostBatch:
+    """Raw windows (faces (n, S, S, 3) uint8, spectrograms (n, M, T)) as a host batch; its
+    ``to(device)`` gives the network inputs. The same code serves training and prediction."""
     n = len(visual_present)
-    visual = audio = None
-    if faces is not None:
-        x = (faces.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        x[~visual_present] = 0.0
-        visual = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    if specs is not None:
-        y = (np.asarray(specs, dtype=np.float32) - audio_stats[0]) / audio_stats[1]
-        y[~audio_present] = 0.0
-        audio = torch.from_numpy(np.ascontiguousarray(y[:, None]))
     zeros = np.zeros(n, dtype=np.int64)
-    return Batch(
-        visual=visual, audio=audio,
-        visual_present=torch.from_numpy(np.asarray(visual_present, dtype=bool)),
-        audio_present=torch.from_numpy(np.asarray(audio_present, dtype=bool)),
-        labels=torch.from_numpy(np.asarray(labels if labels is not None else zeros, dtype=np.int64)),
-        labeled=torch.from_numpy(np.asarray(labeled if labeled is not None else np.ones(n, bool), dtype=bool)),
-        video=torch.from_numpy(np.asarray(videos if videos is not None else zeros, dtype=np.int64)),
+    tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    return HostBatch(
+        faces=None if faces is None else tensor(faces, np.uint8),
+        specs=None if specs is None else torch.from_numpy(np.ascontiguousarray(specs)),
+        visual_present=tensor(visual_present, bool), audio_present=tensor(audio_present, bool),
+        labels=tensor(labels if labels is not None else zeros, np.int64),
+        labeled=tensor(labeled if labeled is not None else np.ones(n, bool), bool),
+        video=tensor(videos if videos is not None else zeros, np.int64),
+        audio_stats=audio_stats,
     )  # fmt: skip
+
+
+def _rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]``, with zeros where a row is -1 (the window lacks that modality)."""
+    present = rows >= 0
+    if present.all():
+        return _gather(array, rows)
+    out = np.zeros((len(rows), *array.shape[1:]), dtype=array.dtype)
+    if present.any():
+        out[present] = _gather(array, rows[present])
+    return out
 
 
 def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -149,20 +149,21 @@ class AVHGRModel(nn.Module):
         """Features of the present rows only; absent rows stay exactly zero.
 
         Absent rows are not run through the network at all, so their (arbitrary) input
-        never touches BatchNorm statistics.
+        never touches BatchNorm statistics. ``present`` is best a CPU tensor (as batches
+        carry it): which rows to run is then decided without waiting for the device.
         """
         if x is None:
             return ref.new_zeros(n, FEATURE_DIM)
         if present is None:
             return net.features(x)
-        present = present.to(device=x.device, dtype=torch.bool)
+        present = present.to(dtype=torch.bool).cpu()
         if bool(present.all()):
             return net.features(x)
         out = ref.new_zeros(n, FEATURE_DIM)
         if present.any():
-            feats = net.features(x[present])
-            out = out.to(feats.dtype)
-            out[present] = feats
+            rows = torch.nonzero(present).flatten().to(x.device, non_blocking=True)
+            feats = net.features(x.index_select(0, rows))
+            out = out.to(feats.dtype).index_copy(0, rows, feats)
         return out
 
     def forward(

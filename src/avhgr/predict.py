@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .data import make_batch
+from .data import host_batch
 from .features import FeatureSettings
 from .models import AVHGRModel, ModalityNet
 from .preprocess import make_cropper, process_file
@@ -84,7 +84,7 @@ class Predictor:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
         # The file's windows, read like a cache by the evaluation loop (batches: activations stay
         # small however many windows).
-        reader = SimpleNamespace(read=lambda rows: make_batch(
+        reader = SimpleNamespace(read=lambda rows: host_batch(
             None if faces is None else faces[rows], None if specs is None else specs[rows],
             np.full(len(rows), used_video), np.full(len(rows), used_audio), self.audio_stats))  # fmt: skip
         probs = window_probabilities(self.model, reader, np.arange(n), self.device, PREDICT_BATCH)

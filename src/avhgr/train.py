@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from .cache import Cache, atomic_write_bytes, atomic_write_text
-from .data import Batch, WindowReader, labeled_subset, split_videos, windows_of
+from .data import Batch, WindowReader, device_batches, labeled_subset, split_videos, windows_of
 from .distributed import DistInfo, all_sum, barrier, broadcast, gather_rows, setup
 from .losses import correlation_loss
 from .models import AVHGRModel, ModalityNet
@@ -153,19 +153,23 @@ def window_probabilities(
     """Class probabilities of each window. ``drop`` maps a video to the modality it misses
     at test time ("audio" or "visual"): that feature is zeroed (method.md)."""
     model.eval()
-    out = []
-    for i in range(0, len(windows), batch_size):
-        batch = reader.read(windows[i : i + batch_size])
+
+    def read(rows: np.ndarray):
+        batch = reader.read(rows)
         if drop:
             vids = batch.video.numpy()
             for modality, present in (("audio", batch.audio_present), ("visual", batch.visual_present)):
                 gone = np.array([drop.get(int(v)) == modality for v in vids])
                 present[torch.from_numpy(gone)] = False
-        batch = batch.to(device, channels_last=device.type == "cuda")
+        return batch
+
+    out = []
+    chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    for batch in device_batches(read, chunks, device, channels_last=device.type == "cuda"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = forward_logits(model, batch)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+        out.append(torch.softmax(logits.float(), dim=1))  # stays on the device: one copy at the end
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -375,15 +379,16 @@ class Trainer:
         order = windows[rng.permutation(len(windows))]
         model.train()
         sums = torch.zeros(2, device=self.device)
-        steps = 0
+        chunks = []
         for i in range(0, len(order), self.cfg.batch_size):
             idx = order[i : i + self.cfg.batch_size]
             if len(idx) < max(2, 2 * self.dist.world):  # Soft-HGR and BatchNorm need two rows
                 continue
-            idx = np.array_split(idx, self.dist.world)[self.dist.rank]  # this process's slice
-            batch = self.reader.read(idx, self.labeled).to(self.device, self.channels_last)
+            chunks.append(np.array_split(idx, self.dist.world)[self.dist.rank])  # this process's slice
+        read = lambda rows: self.reader.read(rows, self.labeled)  # noqa: E731
+        for batch in device_batches(read, chunks, self.device, self.channels_last):
             sums += self.train_step(model, train_model, opt, batch)
-            steps += 1
+        steps = len(chunks)
         ce_mean, corr_mean = (all_sum(sums, self.dist) / max(steps, 1)).tolist()
         return ce_mean, corr_mean
 
