@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from avhgr.data import IMAGENET_MEAN, IMAGENET_STD, device_batches, host_batch
 from avhgr.models import AVHGRModel
@@ -63,23 +64,42 @@ def test_device_batches_read_ahead_in_order_and_report_failures():
     assert seen == [0, 4, 8]  # the batches before the failure, then the error itself
 
 
+class CrossDeviceCopies(TorchDispatchMode):
+    """Records every copy between devices that is not asynchronous (the host would wait)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocking = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("device") not in (None, args[0].device):
+            if not kwargs.get("non_blocking", False):
+                self.blocking.append(f"{args[0].device} -> {kwargs['device']} {tuple(args[0].shape)}")
+        return func(*args, **kwargs)
+
+
 def test_training_step_never_waits_for_the_device():
     """On the "meta" device values are unknown, so anything that would make the host wait
-    for a GPU (.item(), bool(tensor), indexing with a device boolean mask) raises. The
-    joint step runs there from a host batch, with rows missing a modality and the
+    for a GPU (.item(), bool(tensor), indexing with a device boolean mask) raises; and a
+    copy between host and device that is not asynchronous waits for the GPU too. The joint
+    step runs there from a host batch, with rows missing a modality and the
     semi-supervised labelled mask: no host sync in the step."""
     faces, specs = raw_windows(n=8, size=32)
     specs = np.repeat(np.repeat(specs, 5, 1), 5, 2)[:, :32, :32]
     visual_present = np.array([True, True, False, True, True, True, True, True])
     host = host_batch(faces, specs, visual_present, np.ones(8, bool), (0.0, 1.0), labels=np.arange(8) % 6,
                       labeled=np.arange(8) % 2 == 0)  # fmt: skip
-    batch = host.to("meta")
     model = AVHGRModel(6, "resnet18").to("meta")
     opt = torch.optim.Adam(model.parameters())
-    out = model(batch.visual, batch.audio, labels=batch.labels, visual_present=batch.visual_present, audio_present=batch.audio_present)
-    loss, _, _ = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, "fgh", 1.0, semi=True)
-    loss.backward()
-    opt.step()
+    host.to("meta")  # once-per-device constants are made on the first batch
+    with CrossDeviceCopies() as copies:
+        batch = host.to("meta")
+        out = model(batch.visual, batch.audio, labels=batch.labels, visual_present=batch.visual_present, audio_present=batch.audio_present)
+        loss, _, _ = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, "fgh", 1.0, semi=True)
+        loss.backward()
+        opt.step()
     assert loss.device.type == "meta"
+    assert copies.blocking == []
     with pytest.raises(RuntimeError):  # the premise: a sync on meta does fail
         bool(batch.labeled.any())

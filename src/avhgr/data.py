@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ class HostBatch:
             # copy of the bytes, before they become floats.
             x = move(self.faces).permute(0, 3, 1, 2)
             x = (x if channels_last else x.contiguous()).float()
-            mean, std = (torch.as_tensor(v, device=device).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+            mean, std = _imagenet_stats(device)
             visual = x.div_(255.0).sub_(mean).div_(std)
             if not bool(self.visual_present.all()):  # host masks: indices computed here, no device sync
                 visual.index_fill_(0, move(torch.nonzero(~self.visual_present).flatten()), 0.0)
@@ -125,6 +126,13 @@ class HostBatch:
             audio = audio[:, None]
         return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
                      labels=move(self.labels), labeled=move(self.labeled), video=move(self.video))  # fmt: skip
+
+
+@lru_cache(maxsize=None)
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and deviation as (1, 3, 1, 1) tensors on ``device``, copied there once
+    (a blocking copy per batch would make the host wait for the GPU)."""
+    return tuple(torch.from_numpy(v).view(1, 3, 1, 1).to(device) for v in (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def device_batches(
