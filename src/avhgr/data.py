@@ -146,13 +146,16 @@ def device_batches(
     threads share the maps without pickling batches between processes. The batches and their
     order are those of reading them one by one.
     """
-    pin = torch.device(device).type == "cuda"
+    device = torch.device(device)
+    pin = device.type == "cuda"
     load = (lambda rows: read(rows).pin_memory()) if pin else read
     if ahead <= 0:
         for rows in index_batches:
             yield load(rows).to(device, channels_last)
         return
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="avhgr-read") as pool:
+    # A new thread's current GPU is 0: under torchrun every process would open a context there.
+    on_start = (lambda: torch.cuda.set_device(device)) if pin and device.index is not None else None
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="avhgr-read", initializer=on_start) as pool:
         pending: deque = deque()
         todo = iter(index_batches)
         try:
