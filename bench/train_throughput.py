@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=90)
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--clip", default=None, help="media file for the predict latency (default: the cache's first video, if it is there)")
+    ap.add_argument("--no-predict", action="store_true", help="skip the predict latency (it needs PyAV, librosa and facenet-pytorch)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -178,20 +180,26 @@ def main() -> None:
         if syncs is not None:
             print(f"  host syncs in one training step: {syncs}")
         print(f"  inference, batch {len(inf_batch.labels)}                {inf:9.1f} windows/s")
-    predict_latency(cache, device)
+    if not args.no_predict:
+        predict_latency(cache, device, args.clip)
 
 
-def predict_latency(cache: Cache, device) -> None:
-    """`avhgr predict` on one clip, stage by stage (the clip: the first video of the cache)."""
+def predict_latency(cache: Cache, device, clip: str | None = None) -> None:
+    """`avhgr predict` on one clip, stage by stage (default clip: the cache's first video)."""
     from avhgr.decode import probe, read_audio_windows, read_frames_at
     from avhgr.features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
     from avhgr.preprocess import make_cropper
 
     settings = FeatureSettings(**cache.settings["features"])
     root = Path(cache.root)
-    video = next(v for v in cache.videos if v["has_video"] and v["has_audio"])
-    index = {line.split(",")[0]: line.split(",")[1] for line in (root / "index.csv").read_text().splitlines()[1:]}
-    path = Path(index[str(video["id"])])
+    if clip is None:
+        video = next(v for v in cache.videos if v["has_video"] and v["has_audio"])
+        index = {line.split(",")[0]: line.split(",")[1] for line in (root / "index.csv").read_text().splitlines()[1:]}
+        clip = index[str(video["id"])]
+    path = Path(clip)
+    if not path.is_file():
+        print(f"predict latency: skipped, {path} is not here (give --clip FILE)")
+        return
     t = time.perf_counter()
     cropper = make_cropper(settings, str(device))
     cropper.detect([np.zeros((240, 320, 3), np.uint8)])
