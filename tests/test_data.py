@@ -36,6 +36,17 @@ def test_device_normalisation_matches_the_formula(channels_last):
     assert batch.labels.tolist() == [0, 1, 2, 0, 1] and batch.visual_present.device.type == "cpu"
 
 
+@pytest.mark.parametrize("spec_dtype", [np.float16, np.float32])
+def test_moving_a_host_batch_leaves_it_unchanged(spec_dtype):
+    """A host batch can go to the device twice (e.g. evaluated twice) with the same result."""
+    faces, specs = raw_windows()
+    host = host_batch(faces, specs.astype(spec_dtype), np.ones(5, bool), np.array([1, 1, 0, 1, 1], bool), (-30.0, 12.0))
+    before = host.specs.clone(), host.faces.clone()
+    first, second = host.to("cpu"), host.to("cpu")
+    assert torch.equal(first.audio, second.audio) and torch.equal(first.visual, second.visual)
+    assert torch.equal(host.specs, before[0]) and torch.equal(host.faces, before[1])
+
+
 def test_device_batches_read_ahead_in_order_and_report_failures():
     faces, specs = raw_windows(n=40)
     calls, threads = [], set()

@@ -120,7 +120,8 @@ class HostBatch:
             if not bool(self.visual_present.all()):  # host masks: indices computed here, no device sync
                 visual.index_fill_(0, move(torch.nonzero(~self.visual_present).flatten()), 0.0)
         if self.specs is not None:
-            audio = move(self.specs).float().sub_(self.audio_stats[0]).div_(self.audio_stats[1])
+            # out of place: float32 spectrograms on the CPU would otherwise be normalised in the host batch itself
+            audio = (move(self.specs).float() - self.audio_stats[0]) / self.audio_stats[1]
             if not bool(self.audio_present.all()):
                 audio.index_fill_(0, move(torch.nonzero(~self.audio_present).flatten()), 0.0)
             audio = audio[:, None]
