@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from avhgr.models import FEATURE_DIM, AVHGRModel, FusionNet, ModalityNet, PretrainedWeightsError, build_backbone
 from avhgr.losses import correlation_loss
@@ -67,6 +68,37 @@ def test_missing_rows_do_not_touch_batchnorm_statistics():
     visual_garbage[2] = 1e6  # an absent row's content must not matter
     model(visual=visual_garbage, audio=torch.randn(3, 1, 32, 32), visual_present=present)
     assert torch.allclose(bn.running_mean, after_masked)
+
+
+def test_a_slice_without_a_modality_still_runs_syncbatchnorm_networks(monkeypatch):
+    """Under DDP on GPUs BatchNorm becomes SyncBatchNorm, a collective in forward and backward:
+    a process whose rows all lack a modality must still run that network on zero rows and keep
+    it in the graph, or its peers hang. With plain BatchNorm it must not (an empty batch would
+    make the running statistics NaN)."""
+    torch.manual_seed(0)
+    model = AVHGRModel(NUM_CLASSES, backbone="resnet18").train()
+    absent = torch.zeros(3, dtype=torch.bool)
+    out = model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    assert (out.f == 0).all() and not model.visual.backbone.bn1.running_mean.isnan().any()
+    assert model.visual.backbone.bn1.num_batches_tracked.item() == 0  # the visual network did not run
+
+    # SyncBatchNorm runs only on GPUs: stand in for its network with one weight, to see the call.
+    model.visual = nn.SyncBatchNorm.convert_sync_batchnorm(model.visual)
+    weight = nn.Parameter(torch.ones(()))
+    rows_seen = []
+
+    def features(x):
+        rows_seen.append(x.shape[0])
+        return x.flatten(1)[:, :1].expand(-1, FEATURE_DIM) * weight
+
+    monkeypatch.setattr(model.visual, "features", features)
+    out = model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    assert rows_seen == [0] and (out.f == 0).all()
+    (out.logits.sum() + out.f.sum()).backward()
+    assert weight.grad is not None  # in the graph: its backward (and SyncBatchNorm's collective) runs
+    model.eval()
+    model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    assert rows_seen == [0]  # evaluation needs no collective
 
 
 def test_modality_net_classifies_one_or_three_channels():

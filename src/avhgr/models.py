@@ -160,7 +160,11 @@ class AVHGRModel(nn.Module):
         if bool(present.all()):
             return net.features(x)
         out = ref.new_zeros(n, FEATURE_DIM)
-        if present.any():
+        # SyncBatchNorm (DDP on GPUs) is a collective in forward and backward: a process whose
+        # slice has no row of this modality must still run the network, on zero rows, and keep
+        # it in the graph, or the others wait for it forever. Plain BatchNorm must not see an
+        # empty batch (its running statistics would become NaN).
+        if present.any() or (net.training and any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())):
             rows = torch.nonzero(present).flatten().to(x.device, non_blocking=True)
             feats = net.features(x.index_select(0, rows))
             out = out.to(feats.dtype).index_copy(0, rows, feats)
