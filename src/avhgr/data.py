@@ -80,6 +80,7 @@ class Batch:
     labels: torch.Tensor  # (n,) long
     labeled: torch.Tensor  # (n,) bool
     video: torch.Tensor  # (n,) long
+    rows_per_rank: tuple[int, ...] | None = None  # under DDP: every process's share of the global batch
 
 
 @dataclass
@@ -96,6 +97,7 @@ class HostBatch:
     labeled: torch.Tensor
     video: torch.Tensor
     audio_stats: tuple[float, float]
+    rows_per_rank: tuple[int, ...] | None = None
 
     def pin_memory(self) -> "HostBatch":
         """Page-locked copies, so that copies to a GPU run asynchronously."""
@@ -126,7 +128,8 @@ class HostBatch:
                 audio.index_fill_(0, move(torch.nonzero(~self.audio_present).flatten()), 0.0)
             audio = audio[:, None]
         return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
-                     labels=move(self.labels), labeled=move(self.labeled), video=move(self.video))  # fmt: skip
+                     labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
+                     rows_per_rank=self.rows_per_rank)  # fmt: skip
 
 
 @lru_cache(maxsize=None)

@@ -221,6 +221,7 @@ def joint_objective(
     lam: float = 1.0,
     semi: bool = False,
     info: DistInfo = DistInfo(),
+    rows_per_rank: tuple[int, ...] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CE over the labelled rows + λ·L_corr over the global batch. Returns (loss to
     backpropagate, this rank's share of the mean CE, L_corr).
@@ -228,7 +229,8 @@ def joint_objective(
     Under DDP (``info.world`` > 1) each rank holds a slice of the batch: features are
     gathered with their gradients, so Soft-HGR sees the global batch, and the CE share is
     scaled by the world size, so that the gradients DDP averages equal those of one process
-    holding the whole batch. With one process both steps do nothing.
+    holding the whole batch. With one process both steps do nothing. ``rows_per_rank``: each
+    rank's share of the global batch, where the shares differ.
     """
     per_row = F.cross_entropy(logits.float(), labels, reduction="none") * labeled
     n_labeled = all_sum(labeled.sum().float(), info).clamp(min=1)  # no host sync
@@ -236,8 +238,9 @@ def joint_objective(
     loss = ce_share * info.world
     if f is None or corr == "none":
         return loss, ce_share, ce_share.new_zeros(())
-    mask = gather_rows(labeled.float(), info).detach() > 0.5 if semi else None
-    c = correlation_loss(gather_rows(f, info), gather_rows(g, info), gather_rows(h, info) if corr == "fgh" else None, labeled=mask)
+    gather = lambda x: gather_rows(x, info, rows_per_rank)  # noqa: E731
+    mask = gather(labeled.float()).detach() > 0.5 if semi else None
+    c = correlation_loss(gather(f), gather(g), gather(h) if corr == "fgh" else None, labeled=mask)
     return loss + lam * c, ce_share, c
 
 
@@ -382,13 +385,14 @@ class Trainer:
         order = windows[rng.permutation(len(windows))]
         model.train()
         sums = torch.zeros(2, device=self.device)
-        chunks = []
+        chunks = []  # (this process's rows, every process's number of rows)
         for i in range(0, len(order), self.cfg.batch_size):
             idx = order[i : i + self.cfg.batch_size]
             if len(idx) < max(2, 2 * self.dist.world):  # Soft-HGR and BatchNorm need two rows
                 continue
-            chunks.append(np.array_split(idx, self.dist.world)[self.dist.rank])  # this process's slice
-        read = lambda rows: self.reader.read(rows, self.labeled)  # noqa: E731
+            parts = np.array_split(idx, self.dist.world)
+            chunks.append((parts[self.dist.rank], tuple(len(p) for p in parts)))
+        read = lambda chunk: replace(self.reader.read(chunk[0], self.labeled), rows_per_rank=chunk[1])  # noqa: E731
         for batch in device_batches(read, chunks, self.device, self.channels_last):
             sums += self.train_step(model, train_model, opt, batch)
         steps = len(chunks)
@@ -418,7 +422,7 @@ class Trainer:
             out = forward(batch.visual, batch.audio, labels=labels,
                           visual_present=batch.visual_present, audio_present=batch.audio_present)  # fmt: skip
             return joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h,
-                                   self.cfg.corr, self.cfg.lam, semi, self.dist)  # fmt: skip
+                                   self.cfg.corr, self.cfg.lam, semi, self.dist, batch.rows_per_rank)  # fmt: skip
         logits = forward(batch.audio if self._current_modality == "audio" else batch.visual)
         return joint_objective(logits, batch.labels, batch.labeled, info=self.dist)
 
