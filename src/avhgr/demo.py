@@ -30,7 +30,13 @@ def class_states(label_index: int) -> tuple[int, int]:
     return label_index // 2, label_index % 2
 
 
-def _frames(visual_state: int, n: int, rng: np.random.Generator, size=(240, 320)) -> list[np.ndarray]:
+# 384 px wide, not 320: at 320 the chroma rows (160 bytes) are not a multiple of 64, libx264
+# reads past the end of its input planes, and the same frames encode to different files from
+# run to run (7 to 20 of 48 videos here) - so the demo's figures changed from run to run.
+FRAME_SIZE = (240, 384)
+
+
+def _frames(visual_state: int, n: int, rng: np.random.Generator, size=FRAME_SIZE) -> list[np.ndarray]:
     from PIL import Image
 
     h, w = size
@@ -101,7 +107,7 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
     manifest = build_corpus(out / "corpus", per_class)
     videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
     log("[2/5] preprocessing with the real pipeline (MTCNN faces, log-Mel spectrograms)")
-    settings = FeatureSettings(windows=10, face_size=64, detect_size=320, min_face=30)
+    settings = FeatureSettings(windows=10, face_size=64, detect_size=FRAME_SIZE[1], min_face=30)
     report = run_preprocess(videos, classes, out / "cache", settings, manifest, "csv", workers=default_workers())
     log(f"      {report['videos_ok']} videos, faces found in {100 * report['face_found_rate']:.1f} % of windows")
     contact_sheet(Cache.open(out / "cache"), out / "contact_sheet.png", per_class=2)
