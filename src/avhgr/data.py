@@ -118,18 +118,21 @@ class HostBatch:
             x = move(self.faces).permute(0, 3, 1, 2)
             x = (x if channels_last else x.contiguous()).float()
             mean, std = _imagenet_stats(device)
-            visual = x.div_(255.0).sub_(mean).div_(std)
-            if not bool(self.visual_present.all()):  # host masks: indices computed here, no device sync
-                visual.index_fill_(0, move(torch.nonzero(~self.visual_present).flatten()), 0.0)
+            visual = _zero_absent(x.div_(255.0).sub_(mean).div_(std), self.visual_present)
         if self.specs is not None:
             # out of place: float32 spectrograms on the CPU would otherwise be normalised in the host batch itself
-            audio = (move(self.specs).float() - self.audio_stats[0]) / self.audio_stats[1]
-            if not bool(self.audio_present.all()):
-                audio.index_fill_(0, move(torch.nonzero(~self.audio_present).flatten()), 0.0)
-            audio = audio[:, None]
+            audio = _zero_absent((move(self.specs).float() - self.audio_stats[0]) / self.audio_stats[1], self.audio_present)[:, None]
         return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
                      labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
                      rows_per_rank=self.rows_per_rank)  # fmt: skip
+
+
+def _zero_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``x`` with the rows that ``present`` (a host mask) marks absent set to zero, in place;
+    the row indices are found on the host, so the device is never waited for."""
+    if not bool(present.all()):
+        x.index_fill_(0, torch.nonzero(~present).flatten().to(x.device, non_blocking=True), 0.0)
+    return x
 
 
 @lru_cache(maxsize=None)
@@ -161,9 +164,8 @@ def device_batches(
     on_start = (lambda: torch.cuda.set_device(device)) if pin and device.index is not None else None
     with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="avhgr-read", initializer=on_start) as pool:
         pending: deque = deque()
-        todo = iter(index_batches)
         try:
-            for rows in todo:
+            for rows in index_batches:
                 pending.append(pool.submit(load, rows))
                 if len(pending) > ahead:
                     yield pending.popleft().result().to(device, channels_last)
