@@ -81,9 +81,24 @@ def _scan_duration(container, stream) -> float | None:
     return None if end is None else end - start
 
 
+_IMAGE_NAMES = {"mjpeg": "JPEG", "webp": "WebP"}
+
+
+def _is_still_image(container) -> bool:
+    """FFmpeg's image demuxers (png_pipe, jpeg_pipe, ..., image2): one picture, whatever the
+    file's name. (GIF and APNG have demuxers of their own and stay videos.)"""
+    name = container.format.name
+    return name in ("image2", "image2pipe") or name.endswith("_pipe")
+
+
 def probe(path: str | Path) -> MediaInfo:
     """What a file holds. Raises MediaError for files with no usable stream or no duration."""
     with _open(path) as container:
+        if _is_still_image(container):
+            # FFmpeg reads an image as a 0.04 s "video" at a made-up 25 fps; a still has no time
+            # to cut into windows and no voice, and in a dataset it is a mistake: refuse it.
+            codec = container.streams.video[0].codec_context.name if container.streams.video else "image"
+            raise MediaError(path, f"a still image ({_IMAGE_NAMES.get(codec, codec.upper())}), not a video")
         audio = container.streams.audio[0] if container.streams.audio else None
         video = container.streams.video[0] if container.streams.video else None
         # A cover-art image in an audio file is a "video" stream of one picture: not a video.

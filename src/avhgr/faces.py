@@ -42,6 +42,11 @@ class FaceCropper:
             h, w = shape[:2]
             scale = min(1.0, self.detect_size / max(h, w))
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            # MTCNN's first pyramid scale maps min_face px onto its 12 px P-Net window. A frame
+            # whose shorter side is under min_face gets no scale at all and MTCNN fails inside
+            # (torch.cat of nothing); it cannot hold a face that large anyway: no face.
+            if min(size) * (12.0 / self.mtcnn.min_face_size) < 12:  # MTCNN's own test
+                continue
             # PIL's reducing resize in uint8: antialiased, and 4x cheaper than a float torch resize.
             small = [frames[i] if scale == 1.0 else np.asarray(Image.fromarray(frames[i]).resize(size, Image.BILINEAR, reducing_gap=2.0)) for i in idx]
             batch = torch.from_numpy(np.stack(small)).to(self.device)

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
@@ -105,6 +107,7 @@ def make_cropper(settings: FeatureSettings, device: str = "cpu"):
 # --------------------------------------------------------------------------- workers
 
 _WORKER: dict = {}
+ERRORS_LOG = "errors.log"  # in the cache folder: tracebacks of unexpected failures (bugs)
 
 
 def _init_worker(settings: FeatureSettings, device: str, threads: int) -> None:
@@ -126,9 +129,21 @@ def _work(out: str, vid: int, path: str, rel_path: str) -> tuple[int, str | None
     except MediaError as exc:
         reason = exc.reason
     except Exception as exc:  # noqa: BLE001 - any other failure of one file must not stop the run
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = _report_bug(Path(out), path, exc)
     write_failure(Path(out), vid, path, reason)
     return vid, reason
+
+
+def _report_bug(out: Path, path: str, exc: Exception) -> str:
+    """An unexpected exception is a bug in avhgr or a library, not a property of the file: keep
+    its traceback in the cache's errors.log and say so on stderr (one line), so it is neither
+    hidden nor shown to the user as the file's fault. Returns the reason recorded for the file."""
+    log = out / ERRORS_LOG
+    with open(log, "a", encoding="utf-8") as f:  # one write: workers append whole entries
+        f.write(f"== {path}\n{''.join(traceback.format_exception(exc))}\n")
+    reason = f"internal error, a bug in avhgr: please report it with the traceback in {log}"
+    print(f"warning: {path}: {reason}", file=sys.stderr, flush=True)
+    return reason
 
 
 def run_preprocess(
@@ -156,6 +171,8 @@ def run_preprocess(
         "classes": list(classes),
         "features": settings.as_dict(),
     }
+    if overwrite and (out / "settings.json").exists():  # a cache being replaced: its old bug log too
+        (out / ERRORS_LOG).unlink(missing_ok=True)
     if prepare_cache_dir(out, cache_settings, videos, overwrite):
         return json.loads((out / "report.json").read_text())
     base = root if root.is_dir() else root.parent
