@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -108,9 +111,39 @@ def make_cropper(settings: FeatureSettings, device: str = "cpu"):
 
 _WORKER: dict = {}
 ERRORS_LOG = "errors.log"  # in the cache folder: tracebacks of unexpected failures (bugs)
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _init_worker(settings: FeatureSettings, device: str, threads: int) -> None:
+def die_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """End this process when ``parent_pid`` (its parent) is gone, however it ended.
+
+    A pool worker blocks reading its task pipe, and its siblings hold that pipe's other end
+    open, so after a kill -9 of the parent (or the OOM killer) it would wait forever holding
+    its memory. On Linux the kernel sends SIGKILL at the parent's death (PR_SET_PDEATHSIG; it
+    fires when the parent *thread* that started us ends: our pool's workers are all started by
+    the thread that runs the pool, as no max_tasks_per_child is set). Elsewhere, and as a
+    fallback, a daemon thread polls os.getppid().
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no libc prctl: the thread below still works
+    # Checked after prctl: a parent that died before it ran has already orphaned us.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="avhgr-parent-watch", daemon=True).start()
+
+
+def _init_worker(settings: FeatureSettings, device: str, threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # first: importing torch and loading MTCNN take seconds
     import torch
 
     # One thread per worker: results do not depend on the thread count, and workers don't fight.
@@ -189,7 +222,8 @@ def run_preprocess(
             bar.update(1)
     else:
         ctx = get_context("spawn")  # safe with torch; workers load MTCNN once each
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(settings, device, 1)) as pool:
+        initargs = (settings, device, 1, os.getpid())  # workers end with this process (die_with_parent)
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
             pending = set()
             queue = iter(todo)
             # Keep a bounded number of tasks in flight so a huge dataset does not flood memory.
