@@ -36,7 +36,8 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     cache = Cache.open(args.cache)
-    reader = WindowReader(cache, WindowReader.audio_stats(cache, np.arange(len(cache.windows["video"]))))
+    reader = WindowReader(cache)
+    reader.fit_audio_stats(np.arange(len(cache.windows["video"])))
     n = len(cache.windows["video"])
     rng = np.random.default_rng(0)
     chunks = [rng.choice(n, args.batch_size, replace=n < args.batch_size) for _ in range(args.batches)]

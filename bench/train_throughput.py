@@ -7,8 +7,8 @@ Rows (windows/s):
   (a) a plain PyTorch reference step of the model shape, written here: two ResNets with
       512-d features, label FC, 2-layer fusion, Adam, CE + three Soft-HGR terms, on random
       tensors already on the device (same precision and memory format as the project uses there)
-  (b) the project's own training step (Trainer.train_step) on batches already on the device
-  (c) the project's full loop (Trainer.train_epoch) reading the real cache from disk
+  (b) the project's own training step (train.train_step) on batches already on the device
+  (c) the project's full loop (train.train_epoch) reading the real cache from disk
 and the ratios b/a and c/b; (d) the data path alone (cache -> normalised batches on the
 device, no compute), the ceiling the loop cannot pass (c/b needs d well above b); on CUDA,
 the number of host syncs in one training step (torch's sync debug mode); then inference windows/s at batch 256, and `avhgr predict`
@@ -29,9 +29,9 @@ from torch import nn
 from torchvision import models as tv
 
 from avhgr.cache import Cache
-from avhgr.data import device_batches, windows_of
+from avhgr.data import device_batches, host_batch, windows_of
 from avhgr.models import AVHGRModel
-from avhgr.train import TrainConfig, Trainer
+from avhgr.train import Session, Stage, TrainConfig, prepare, train_epoch, train_step
 
 
 def sync(device):
@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--clip", default=None, help="media file for the predict latency (default: the cache's first video, if it is there)")
     ap.add_argument("--no-predict", action="store_true", help="skip the predict latency (it needs PyAV, librosa and facenet-pytorch)")
+    ap.add_argument("--recipe", default="paper", help="paper (the reference's own steps: no augmentation) or avhgr")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -132,46 +133,47 @@ def main() -> None:
     a = bs / timed(ref_step, steps, warmup, device)
     del ref, opt
 
-    # (b) the project's step on batches already on the device, (c) its loop over the cache
+    # (b) the project's step on batches already on the device, (c) its loop over the cache.
+    # The paper's recipe: the reference step has no augmentation or feature normalisation either.
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(cache=args.cache, out=tmp, backbone=backbone, batch_size=bs, device=args.device, epochs=1)
-        trainer = Trainer(cfg, log=lambda *x: None)
-        trainer._current_modality = None
+        cfg = TrainConfig(cache=args.cache, out=tmp, backbone=backbone, batch_size=bs, device=args.device, epochs=1, recipe=args.recipe)
+        s = Session(cfg)
         torch.manual_seed(0)
-        model, train_model, opt = trainer.prepare(AVHGRModel(c, backbone, 2))
-        train_windows = windows_of(cache, trainer.split["train"])
-        batch = trainer.reader.read(train_windows[:bs], trainer.labeled).to(device, trainer.channels_last)
-        b = bs / timed(lambda: trainer.train_step(model, train_model, opt, batch), steps, warmup, device)
+        train_windows = windows_of(cache, s.split["train"])
+        stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", corr_stage=True)
+        model, train_model, opt = prepare(s, stage)
+        batch = s.reader.read(train_windows[:bs], s.labeled).to(device, s.channels_last)
+        b = bs / timed(lambda: train_step(s, stage, train_model, opt, batch, cfg.lam), steps, warmup, device)
         # As many batches as (b) timed (3x on CUDA); a small cache is gone over more than once.
         n_windows = bs * steps * (3 if cuda else 1)
         windows = np.resize(train_windows, n_windows)
-        trainer.train_epoch(model, train_model, opt, windows[: 2 * bs], 0, 10)  # warm the page cache and kernels
+        train_epoch(s, stage, train_model, opt, windows[: 2 * bs], 0)  # warm the page cache and kernels
         sync(device)
         t = time.perf_counter()
-        trainer.train_epoch(model, train_model, opt, windows, 1, 10)
+        train_epoch(s, stage, train_model, opt, windows, 1)
         sync(device)
         cc = (len(windows) // bs * bs) / (time.perf_counter() - t)
 
         # (d) the data path alone, over the same windows (repeated to at least 20 batches)
         chunks = [windows[i : i + bs] for i in range(0, len(windows) - bs + 1, bs)]
         chunks = chunks * -(-20 // max(len(chunks), 1))
-        read = lambda rows: trainer.reader.read(rows, trainer.labeled)  # noqa: E731
+        read = lambda rows: s.reader.read(rows, s.labeled)  # noqa: E731
         sync(device)
         t = time.perf_counter()
-        for _ in device_batches(read, chunks, device, trainer.channels_last):
+        for _ in device_batches(read, chunks, device, s.channels_last):
             pass
         sync(device)
         d = len(chunks) * bs / (time.perf_counter() - t)
-        syncs = host_syncs(lambda: trainer.train_step(model, train_model, opt, batch)) if cuda else None
+        syncs = host_syncs(lambda: train_step(s, stage, train_model, opt, batch, cfg.lam)) if cuda else None
 
         # inference at batch 256
         model.eval()
-        inf_batch = trainer.reader.read(train_windows[:256]).to(device, trainer.channels_last)
+        inf_batch = s.reader.read(train_windows[:256]).to(device, s.channels_last)
 
         @torch.no_grad()
         def infer():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                model(inf_batch.visual, inf_batch.audio, visual_present=inf_batch.visual_present, audio_present=inf_batch.audio_present)
+                model(inf_batch)
 
         inf = len(inf_batch.labels) / timed(infer, max(3, steps // 3), warmup, device)
         print(f"  (a) plain PyTorch reference step      {a:9.1f} windows/s")
@@ -221,13 +223,14 @@ def predict_latency(cache: Cache, device, clip: str | None = None) -> None:
     log_mel(audio, settings)
     times["spectrograms"] = time.perf_counter() - t
     model = AVHGRModel(len(cache.classes), "resnet50" if device.type == "cuda" else "resnet18").to(device).eval()
-    x_v = torch.randn(settings.windows, 3, settings.face_size, settings.face_size, device=device)
-    x_a = torch.randn(settings.windows, 1, 94, 94, device=device)
+    n = settings.windows
+    faces = np.zeros((n, settings.face_size, settings.face_size, 3), np.uint8)
+    batch = host_batch(faces, np.zeros((n, 94, 94), np.float16), np.ones(n, bool), np.ones(n, bool), (0.0, 1.0)).to(device)
     with torch.no_grad():
-        model(x_v, x_a)
+        model(batch)
         sync(device)
         t = time.perf_counter()
-        model(x_v, x_a)
+        model(batch)
         sync(device)
     times["networks"] = time.perf_counter() - t
     total = sum(times.values())

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from avhgr.data import IMAGENET_MEAN, IMAGENET_STD, device_batches, host_batch
 from avhgr.models import AVHGRModel
-from avhgr.train import joint_objective
+from avhgr.losses import joint_objective
 
 
 def raw_windows(n=5, size=8, seed=0):
@@ -106,7 +106,7 @@ def test_training_step_never_waits_for_the_device():
     host.to("meta")  # once-per-device constants are made on the first batch
     with CrossDeviceCopies() as copies:
         batch = host.to("meta")
-        out = model(batch.visual, batch.audio, labels=batch.labels, visual_present=batch.visual_present, audio_present=batch.audio_present)
+        out = model(batch)
         loss, _, _ = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, "fgh", 1.0, semi=True)
         loss.backward()
         opt.step()

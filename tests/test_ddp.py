@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from avhgr.distributed import DistInfo, setup
-from avhgr.train import TrainConfig, Trainer, joint_objective
+from avhgr.losses import joint_objective
+from avhgr.train import TrainConfig, train_run
 
 class Toy(nn.Module):
     """The joint model's shape without BatchNorm: visual/audio features, label net, fusion."""
@@ -81,7 +82,7 @@ def test_global_batch_soft_hgr_and_gradients_match_one_process(tmp_path, b):
 
 def _train_worker(rank, world, port, cfg):
     _env(rank, world, port)
-    Trainer(cfg, log=lambda *a: None).run()
+    train_run(cfg, log=lambda *a: None)
     torch.distributed.destroy_process_group()
 
 

@@ -4,10 +4,20 @@ import pytest
 import torch
 from torch import nn
 
-from avhgr.models import FEATURE_DIM, AVHGRModel, FusionNet, ModalityNet, PretrainedWeightsError, build_backbone
+from avhgr.data import Batch
 from avhgr.losses import correlation_loss
+from avhgr.models import FEATURE_DIM, AVHGRModel, FusionNet, ModalityNet, PretrainedWeightsError, build_backbone
 
 NUM_CLASSES = 6
+
+
+def make_batch(visual=None, audio=None, labels=None, visual_present=None, audio_present=None) -> Batch:
+    n = (visual if visual is not None else audio).shape[0]
+    every = torch.ones(n, dtype=torch.bool)
+    return Batch(visual=visual, audio=audio, labels=labels if labels is not None else torch.zeros(n, dtype=torch.long),
+                 visual_present=every if visual_present is None else visual_present,
+                 audio_present=every if audio_present is None else audio_present,
+                 labeled=every, video=torch.zeros(n, dtype=torch.long))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +36,7 @@ def test_joint_forward_backward(batch, layers, scenario):
     hidden_linears = [m for m in model.fusion.hidden if isinstance(m, torch.nn.Linear)]
     assert len(hidden_linears) == layers
     kwargs = dict(visual=visual, audio=audio, labels=labels)
+    model.train()  # h, the label feature, exists in training only
     if scenario == "audio_missing":
         kwargs["audio"] = None
     elif scenario == "visual_missing":
@@ -33,7 +44,7 @@ def test_joint_forward_backward(batch, layers, scenario):
     elif scenario == "per_row":
         kwargs["visual_present"] = torch.tensor([True, False, True, True])
         kwargs["audio_present"] = torch.tensor([True, True, False, False])
-    out = model(**kwargs)
+    out = model(make_batch(**kwargs))
     n = labels.shape[0]
     assert out.logits.shape == (n, NUM_CLASSES)
     assert out.f.shape == out.g.shape == out.h.shape == (n, FEATURE_DIM)
@@ -46,6 +57,7 @@ def test_joint_forward_backward(batch, layers, scenario):
         assert (out.g[2:] == 0).all() and (out.g[:2] != 0).any()
     loss = torch.nn.functional.cross_entropy(out.logits, labels) + correlation_loss(out.f, out.g, out.h)
     loss.backward()
+    assert model.eval()(make_batch(**kwargs)).h is None  # at test time the label is unknown
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.fusion.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
@@ -61,12 +73,12 @@ def test_missing_rows_do_not_touch_batchnorm_statistics():
     bn = model.visual.backbone.bn1
     visual = torch.randn(3, 3, 32, 32)
     present = torch.tensor([True, True, False])
-    model(visual=visual, audio=torch.randn(3, 1, 32, 32), visual_present=present)
+    model(make_batch(visual=visual, audio=torch.randn(3, 1, 32, 32), visual_present=present))
     after_masked = bn.running_mean.clone()
     bn.reset_running_stats()
     visual_garbage = visual.clone()
     visual_garbage[2] = 1e6  # an absent row's content must not matter
-    model(visual=visual_garbage, audio=torch.randn(3, 1, 32, 32), visual_present=present)
+    model(make_batch(visual=visual_garbage, audio=torch.randn(3, 1, 32, 32), visual_present=present))
     assert torch.allclose(bn.running_mean, after_masked)
 
 
@@ -78,7 +90,7 @@ def test_a_slice_without_a_modality_still_runs_syncbatchnorm_networks(monkeypatc
     torch.manual_seed(0)
     model = AVHGRModel(NUM_CLASSES, backbone="resnet18").train()
     absent = torch.zeros(3, dtype=torch.bool)
-    out = model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    out = model(make_batch(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent))
     assert (out.f == 0).all() and not model.visual.backbone.bn1.running_mean.isnan().any()
     assert model.visual.backbone.bn1.num_batches_tracked.item() == 0  # the visual network did not run
 
@@ -92,19 +104,30 @@ def test_a_slice_without_a_modality_still_runs_syncbatchnorm_networks(monkeypatc
         return x.flatten(1)[:, :1].expand(-1, FEATURE_DIM) * weight
 
     monkeypatch.setattr(model.visual, "features", features)
-    out = model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    out = model(make_batch(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent))
     assert rows_seen == [0] and (out.f == 0).all()
     (out.logits.sum() + out.f.sum()).backward()
     assert weight.grad is not None  # in the graph: its backward (and SyncBatchNorm's collective) runs
     model.eval()
-    model(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent)
+    model(make_batch(visual=torch.randn(3, 3, 32, 32), audio=torch.randn(3, 1, 32, 32), visual_present=absent))
     assert rows_seen == [0]  # evaluation needs no collective
 
 
-def test_modality_net_classifies_one_or_three_channels():
-    net = ModalityNet(NUM_CLASSES, "resnet18")
-    assert net(torch.randn(2, 1, 40, 40)).shape == (2, NUM_CLASSES)
-    assert net.features(torch.randn(2, 3, 40, 40)).shape == (2, FEATURE_DIM)
+def test_each_network_takes_its_own_input_from_the_batch():
+    """The model owns its input: given a batch with both modalities (faces 32 px, spectrograms
+    40 x 40), the audio network sees only the spectrograms and the visual network only the faces."""
+    faces, specs = torch.randn(2, 3, 32, 32), torch.randn(2, 1, 40, 40)
+    batch = make_batch(visual=faces, audio=specs)
+    for modality, expected, name in (("audio", specs, "g"), ("visual", faces, "f")):
+        net = ModalityNet(NUM_CLASSES, modality, "resnet18").eval()
+        seen = []
+        net.backbone.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        out = net(batch)
+        assert len(seen) == 1 and torch.equal(seen[0], expected.expand(-1, 3, -1, -1))
+        assert out.logits.shape == (2, NUM_CLASSES) and getattr(out, name).shape == (2, FEATURE_DIM)
+        assert torch.equal(out.logits, net.head(net.features(expected)))
+    with pytest.raises(ValueError, match="visual network was given a batch without visual input"):
+        ModalityNet(NUM_CLASSES, "visual", "resnet18")(make_batch(audio=specs))
 
 
 def test_resnet50_feature_layer_is_512():

@@ -14,7 +14,8 @@ import torch
 
 from avhgr.cache import atomic_write_bytes
 from avhgr.synth import face_photo, place, tone, write_media
-from avhgr.train import RunError, TrainConfig, load_state, load_weights, save_state, train
+from avhgr.runs import RunError, load_state, load_weights, save_state
+from avhgr.train import TrainConfig, train
 from conftest import face_frames, gray_frames
 
 CLI = [sys.executable, "-m", "avhgr"]
@@ -137,7 +138,7 @@ def test_truncated_and_mismatched_checkpoints_give_clear_errors(model_run, tmp_p
     with pytest.raises(RunError, match="not a readable safetensors checkpoint"):
         load_weights(AVHGRModel(6, "resnet18"), cut)
     with pytest.raises(RunError, match="does not match this model"):
-        load_weights(ModalityNet(6, "resnet34"), model_run / "stage1_audio.safetensors")
+        load_weights(ModalityNet(6, "audio", "resnet34"), model_run / "stage1_audio.safetensors")
     state = tmp_path / "state.pt"
     save_state({"model": AVHGRModel(6, "resnet18").state_dict(), "epoch": 1}, state)
     cut_state = tmp_path / "cut.pt"

@@ -97,12 +97,24 @@ def train(
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
     split: str = typer.Option("random", help="random (70/15/15 by video, the paper) or actor (actor-disjoint)."),
+    fold: Optional[int] = typer.Option(None, help="With --split actor: this fold of a leave-subjects-out cross-validation."),
+    folds: int = typer.Option(6, help="Folds of that cross-validation (the subjects in that many groups)."),
     labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from this run's stage-1 networks (skips stage 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
+    recipe: str = typer.Option("avhgr", help="avhgr (measured defaults, see README) or paper (the paper's literal settings)."),
+    feature_norm: Optional[str] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
+    lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
+    stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (0: same as --lr)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
+    schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
+    windows_per_epoch: Optional[int] = typer.Option(None, help="Windows drawn anew per video each epoch (0: all cached)."),
+    spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
+    face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
+    level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .cache import CacheError
@@ -115,10 +127,12 @@ def train(
             cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs,
             pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
-            split=split, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
-            keep_states=keep_states,
+            split=split, fold=fold, folds=folds, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
+            keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, stage2_lr=stage2_lr,
+            weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
+            face_augment=face_augment, level=level,
         )  # fmt: skip
-        result = run_training(cfg, runs, resume)
+        result = run_training(cfg, runs, resume, progress=True)
     except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:
         fail(str(exc))
     if not result:  # not rank 0 of a torchrun job
@@ -144,7 +158,7 @@ def evaluate(
 
     from .cache import CacheError
     from .evaluate import evaluate_run
-    from .train import RunError
+    from .runs import RunError
 
     try:
         result = evaluate_run(run, cache, missing, rate, seed, device)
@@ -171,7 +185,7 @@ def predict(
 
     from .decode import MediaError
     from .predict import Predictor
-    from .train import RunError
+    from .runs import RunError
 
     try:
         predictor = Predictor(model, device, windows)
@@ -237,7 +251,7 @@ def study(
     """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""
     from .cache import CacheError
     from .study import STUDIES, StudyOptions
-    from .train import RunError
+    from .runs import RunError
 
     if name not in STUDIES:
         fail(f"unknown study {name!r}: stability, missing or semi")

@@ -19,15 +19,21 @@ import numpy as np
 import torch
 
 from .cache import Cache
+from .features import has_speech
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREFETCH = 4  # batches read ahead of the one being computed
+LEVELS = ("absolute", "recording", "window")
 
 
 def split_videos(
-    labels: dict[int, int], subjects: dict[int, str], method: str = "random", seed: int = 0, val: float = 0.15, test: float = 0.15
+    labels: dict[int, int], subjects: dict[int, str], method: str = "random", seed: int = 0, val: float = 0.15, test: float = 0.15,
+    fold: int | None = None, folds: int = 6,
 ) -> dict[str, list[int]]:
+    """``fold`` (with ``actor``): the subjects, shuffled by ``seed``, fall into ``folds`` groups;
+    fold k tests on group k, validates on group k + 1 and trains on the rest, so the test groups
+    of folds 0 .. folds-1 partition the subjects (leave-subjects-out cross-validation)."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     if method == "random":
@@ -44,13 +50,22 @@ def split_videos(
         if len(people) < 3:
             raise ValueError(f"--split actor needs at least 3 subjects, the cache has {len(people)}")
         rng.shuffle(people)
-        n_test = max(1, int(round(test * len(people))))
-        n_val = max(1, int(round(val * len(people))))
-        group = {p: ("test" if i < n_test else "val" if i < n_test + n_val else "train") for i, p in enumerate(people)}
+        if fold is not None:
+            if not 0 <= fold < folds or folds < 3 or folds > len(people):
+                raise ValueError(f"--fold {fold} of --folds {folds}: need 0 <= fold < folds and 3 <= folds <= {len(people)} subjects")
+            chunks = np.array_split(np.arange(len(people)), folds)
+            part = {int(i): "test" for i in chunks[fold]} | {int(i): "val" for i in chunks[(fold + 1) % folds]}
+            group = {p: part.get(i, "train") for i, p in enumerate(people)}
+        else:
+            n_test = max(1, int(round(test * len(people))))
+            n_val = max(1, int(round(val * len(people))))
+            group = {p: ("test" if i < n_test else "val" if i < n_test + n_val else "train") for i, p in enumerate(people)}
         for v in sorted(labels):
             parts[group[subjects[v]]].append(v)
     else:
         raise ValueError(f"unknown split {method!r}: random or actor")
+    if fold is not None and method != "actor":
+        raise ValueError("--fold needs --split actor")
     return {k: sorted(v) for k, v in parts.items()}
 
 
@@ -97,13 +112,14 @@ class HostBatch:
     labeled: torch.Tensor
     video: torch.Tensor
     audio_stats: tuple[float, float]
+    spec_level: torch.Tensor | None = None  # (n,) dB subtracted from each spectrogram first (``level``)
     rows_per_rank: tuple[int, ...] | None = None
 
     def pin_memory(self) -> "HostBatch":
         """Page-locked copies, so that copies to a GPU run asynchronously."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         return replace(self, faces=pin(self.faces), specs=pin(self.specs), labels=pin(self.labels),
-                       labeled=pin(self.labeled), video=pin(self.video))  # fmt: skip
+                       labeled=pin(self.labeled), video=pin(self.video), spec_level=pin(self.spec_level))  # fmt: skip
 
     def to(self, device, channels_last: bool = False) -> Batch:
         """Copy to ``device`` (asynchronously from pinned memory) and normalise there: faces
@@ -121,7 +137,10 @@ class HostBatch:
             visual = _zero_absent(x.div_(255.0).sub_(mean).div_(std), self.visual_present)
         if self.specs is not None:
             # out of place: float32 spectrograms on the CPU would otherwise be normalised in the host batch itself
-            audio = _zero_absent((move(self.specs).float() - self.audio_stats[0]) / self.audio_stats[1], self.audio_present)[:, None]
+            specs = move(self.specs).float()
+            if self.spec_level is not None:
+                specs = specs - move(self.spec_level)[:, None, None]
+            audio = _zero_absent((specs - self.audio_stats[0]) / self.audio_stats[1], self.audio_present)[:, None]
         return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
                      labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
                      rows_per_rank=self.rows_per_rank)  # fmt: skip
@@ -176,31 +195,100 @@ def device_batches(
                 future.cancel()
 
 
+def level_offsets(specs: np.ndarray, level: str) -> np.ndarray:
+    """Per window of one recording, the dB subtracted from its log-Mel spectrogram: 0
+    (``absolute``), the recording's level (``recording``: a louder speaker or microphone no longer
+    looks different), or the window's own level (``window``). A level is the 95th percentile of
+    the dB values, which follows the voice's loudness and ignores pauses."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    x = np.asarray(specs, dtype=np.float32)
+    if level == "absolute" or x.size == 0:
+        return np.zeros(len(x), np.float32)
+    if level == "window":
+        return np.percentile(x.reshape(len(x), -1), 95, axis=1).astype(np.float32)
+    return np.full(len(x), np.percentile(x, 95), np.float32)
+
+
+def spectrogram_levels(cache: Cache, level: str) -> np.ndarray:
+    """``level_offsets`` of every window of the cache, each video as one recording."""
+    w = cache.windows
+    out = np.zeros(len(w["video"]), dtype=np.float32)
+    if level == "absolute":
+        return out
+    with_audio = np.flatnonzero(w["spec_row"] >= 0)
+    order = with_audio[np.argsort(w["video"][with_audio], kind="stable")]
+    for group in np.split(order, np.flatnonzero(np.diff(w["video"][order])) + 1):
+        if len(group):
+            out[group] = level_offsets(_gather(cache.spectrograms, w["spec_row"][group]), level)
+    return out
+
+
+def speech_windows(cache: Cache) -> np.ndarray:
+    """Per window of the cache, whether its spectrogram has speech (``features.has_speech``)."""
+    rows = cache.windows["spec_row"]
+    out = np.zeros(len(rows), dtype=bool)
+    with_audio = np.flatnonzero(rows >= 0)
+    for i in range(0, len(with_audio), 1024):
+        part = with_audio[i : i + 1024]
+        out[part] = has_speech(_gather(cache.spectrograms, rows[part]))
+    return out
+
+
+def draw_windows(cache: Cache, windows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``k`` of each video's ``windows``, drawn at random without replacement (sorted)."""
+    vids = cache.windows["video"][windows]
+    order = np.lexsort((rng.random(len(windows)), vids))  # by video, in random order within each
+    by_video = vids[order]
+    rank = np.arange(len(order)) - np.searchsorted(by_video, by_video, side="left")
+    return np.sort(windows[order[rank < k]])
+
+
 class WindowReader:
     """Reads batches of windows from the memory-mapped cache, as stored (``HostBatch``).
 
-    Spectrograms are standardised with the mean and deviation of the training windows
-    (``audio_stats``, kept in the checkpoint so prediction does the same).
+    Spectrograms are level-normalised (``level``, see ``level_offsets``) and standardised
+    with the mean and deviation of the training windows (``audio_stats``, from
+    ``fit_audio_stats``; kept in the model card so prediction does the same).
     """
 
-    def __init__(self, cache: Cache, audio_stats: tuple[float, float], modalities: tuple[str, ...] = ("audio", "visual")):
+    def __init__(self, cache: Cache, audio_stats: tuple[float, float] = (0.0, 1.0),
+                 modalities: tuple[str, ...] = ("audio", "visual"), level: str = "absolute", evidence: bool = False):  # fmt: skip
         self.cache = cache
         self.audio_mean, self.audio_std = audio_stats
         self.modalities = modalities
         w = cache.windows
         self.face_row, self.spec_row = w["face_row"], w["spec_row"]
         self.labels, self.video = w["label_idx"], w["video"]
+        self.level = level
+        self.spec_level = spectrogram_levels(cache, level) if "audio" in modalities else None
+        # Which windows have each input. With ``evidence``, a window whose own frame showed no face
+        # has no visual input (not the nearest window's crop), one without speech no audio input.
+        self.present = {"visual": self.face_row >= 0, "audio": self.spec_row >= 0}
+        if evidence:
+            self.present["visual"] = self.present["visual"] & (w["face_found"] == 1)
+            self.present["audio"] = self.present["audio"] & speech_windows(cache)
 
-    @staticmethod
-    def audio_stats(cache: Cache, windows: np.ndarray, max_windows: int = 4000, seed: int = 0) -> tuple[float, float]:
-        rows = cache.windows["spec_row"][windows]
-        rows = np.sort(rows[rows >= 0])
-        if len(rows) == 0:
-            return 0.0, 1.0
-        if len(rows) > max_windows:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, max_windows, replace=False))
-        x = np.asarray(cache.spectrograms[rows], dtype=np.float32)
-        return float(x.mean()), float(x.std() + 1e-6)
+    def windows(self, videos: list[int], modalities: tuple[str, ...] | None = None) -> np.ndarray:
+        """The windows of ``videos`` that have at least one of ``modalities`` (default: this
+        reader's): a visual network needs a face, the joint model either input."""
+        mask = np.isin(self.video, videos)
+        return np.flatnonzero(mask & np.logical_or.reduce([self.present[m] for m in modalities or self.modalities]))
+
+    def fit_audio_stats(self, windows: np.ndarray, max_windows: int = 4000, seed: int = 0) -> tuple[float, float]:
+        """Mean and deviation of the (level-normalised) spectrograms of ``windows`` (at most
+        ``max_windows`` of them, drawn with ``seed``); the reader uses them from now on."""
+        windows = windows[self.present["audio"][windows]]
+        if len(windows) == 0:
+            return self.audio_mean, self.audio_std
+        if len(windows) > max_windows:
+            windows = np.random.default_rng(seed).choice(windows, max_windows, replace=False)
+        windows = windows[np.argsort(self.spec_row[windows])]
+        x = _gather(self.cache.spectrograms, self.spec_row[windows]).astype(np.float32)
+        if self.spec_level is not None:
+            x -= self.spec_level[windows][:, None, None]
+        self.audio_mean, self.audio_std = float(x.mean()), float(x.std() + 1e-6)
+        return self.audio_mean, self.audio_std
 
     def read(self, windows: np.ndarray, labeled_videos: set[int] | None = None) -> HostBatch:
         windows = np.asarray(windows)
@@ -210,8 +298,9 @@ class WindowReader:
         specs = _rows(self.cache.spectrograms, spec_rows) if "audio" in self.modalities else None
         videos = self.video[windows]
         labeled = np.ones(n, dtype=bool) if labeled_videos is None else np.isin(videos, list(labeled_videos))
-        return host_batch(faces, specs, face_rows >= 0, spec_rows >= 0, (self.audio_mean, self.audio_std),
-                          self.labels[windows], labeled, videos)  # fmt: skip
+        level = None if specs is None or self.level == "absolute" else self.spec_level[windows]
+        return host_batch(faces, specs, self.present["visual"][windows], self.present["audio"][windows],
+                          (self.audio_mean, self.audio_std), self.labels[windows], labeled, videos, level)  # fmt: skip
 
 
 def host_batch(
@@ -223,6 +312,7 @@ def host_batch(
     labels: np.ndarray | None = None,
     labeled: np.ndarray | None = None,
     videos: np.ndarray | None = None,
+    spec_level: np.ndarray | None = None,
 ) -> HostBatch:
     """Raw windows (faces (n, S, S, 3) uint8, spectrograms (n, M, T)) as a host batch; its
     ``to(device)`` gives the network inputs. The same code serves training and prediction."""
@@ -237,6 +327,7 @@ def host_batch(
         labeled=tensor(labeled if labeled is not None else np.ones(n, bool), bool),
         video=tensor(videos if videos is not None else zeros, np.int64),
         audio_stats=audio_stats,
+        spec_level=None if spec_level is None else tensor(spec_level, np.float32),
     )  # fmt: skip
 
 
@@ -259,12 +350,12 @@ def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def windows_of(cache: Cache, videos: list[int], modality: str | None = None) -> np.ndarray:
-    """Indices of the windows of ``videos`` (only those that have ``modality``, if given)."""
+def windows_of(cache: Cache, videos: list[int], modalities: tuple[str, ...] | None = None) -> np.ndarray:
+    """Indices of the windows of ``videos``; with ``modalities``, only those that have at least one
+    of them (a model's ``modalities``: a visual network needs a face, the joint model either input)."""
     w = cache.windows
     mask = np.isin(w["video"], videos)
-    if modality == "visual":
-        mask &= w["face_row"] >= 0
-    elif modality == "audio":
-        mask &= w["spec_row"] >= 0
+    if modalities is not None:
+        has = {"visual": w["face_row"] >= 0, "audio": w["spec_row"] >= 0}
+        mask &= np.logical_or.reduce([has[m] for m in modalities])
     return np.flatnonzero(mask)

@@ -85,3 +85,14 @@ def broadcast(value, info: DistInfo):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    from .runs import RunError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)

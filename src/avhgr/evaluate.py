@@ -1,4 +1,7 @@
-"""Video-level evaluation of a trained run on its test videos, with missing modalities.
+"""Video-level evaluation: window probabilities, video scores, metrics, and a finished run's test.
+
+Depends on the models and the data, never on the training module: training validates with
+the same functions, prediction reuses ``window_probabilities``.
 
 The paper's missing-modality study (its Figure 7): a fraction ``rate`` of the test videos
 lose their audio, their visual input, or (``both``) half of them one and half the other;
@@ -7,15 +10,97 @@ the missing feature is set to zero before fusion (method.md).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .cache import Cache
-from .data import WindowReader, windows_of
-from .predict import load_model
-from .train import RunError, metrics, resolve_device, window_probabilities
+from .data import WindowReader, device_batches
+from .distributed import resolve_device
+from .runs import RunError, RunFolder, load_model
+
+
+@torch.no_grad()
+def window_probabilities(
+    model: torch.nn.Module,
+    reader,
+    windows: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    drop: dict[int, str] | None = None,
+    amp: bool = False,
+) -> np.ndarray:
+    """Class probabilities of each window. ``reader.read(rows)`` gives host batches. ``drop`` maps a
+    video to the modality it misses at test time ("audio" or "visual"): that feature is zeroed."""
+    model.eval()
+
+    def read(rows: np.ndarray):
+        batch = reader.read(rows)
+        if drop:
+            vids = batch.video.numpy()
+            for modality, present in (("audio", batch.audio_present), ("visual", batch.visual_present)):
+                gone = np.array([drop.get(int(v)) == modality for v in vids])
+                present[torch.from_numpy(gone)] = False
+        return batch
+
+    out = []
+    chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    for batch in device_batches(read, chunks, device, channels_last=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch).logits
+        out.append(torch.softmax(logits.float(), dim=1))  # stays on the device: one copy at the end
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def video_scores(probs: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean window probability per video: (video ids, (n_videos, C))."""
+    ids, inverse = np.unique(videos, return_inverse=True)
+    sums = np.zeros((len(ids), probs.shape[1]))
+    np.add.at(sums, inverse, probs)
+    counts = np.bincount(inverse, minlength=len(ids))[:, None]
+    return ids, sums / counts
+
+
+def metrics(probs: np.ndarray, windows: np.ndarray, cache: Cache, videos: list[int] | None = None) -> dict:
+    """Window and video accuracy, per-class accuracy and the confusion matrix. ``videos``: the
+    videos judged; one without any usable window (no face and no speech) gets no prediction and
+    counts as wrong (``videos_without_evidence``; it is left out of the confusion matrix)."""
+    labels_w = cache.windows["label_idx"][windows]
+    vids, vprobs = video_scores(probs, cache.windows["video"][windows]) if len(windows) else (np.zeros(0, int), None)
+    all_labels = cache.video_labels()
+    vlabels = np.array([all_labels[int(v)] for v in vids], dtype=int)
+    vpred = vprobs.argmax(1) if len(vids) else np.zeros(0, int)
+    silent = sorted(set(int(v) for v in videos) - set(int(v) for v in vids)) if videos is not None else []
+    n_videos = len(vids) + len(silent)
+    c = len(cache.classes)
+    confusion = np.zeros((c, c), dtype=int)
+    np.add.at(confusion, (vlabels, vpred), 1)
+    per_class = {}
+    for k in range(c):
+        total = confusion[k].sum() + sum(all_labels[v] == k for v in silent)
+        per_class[cache.classes[k]] = float(confusion[k, k] / total) if total else None
+    return {
+        "video_accuracy": float((vpred == vlabels).sum() / n_videos) if n_videos else float("nan"),
+        "window_accuracy": float((probs.argmax(1) == labels_w).mean()) if len(windows) else float("nan"),
+        "videos": int(n_videos),
+        "videos_without_evidence": len(silent),
+        "per_class_accuracy": per_class,
+        "confusion": confusion.tolist(),
+        "predictions": [{"video": int(v), "label": int(l), "pred": int(p)} for v, l, p in zip(vids, vlabels, vpred)]
+        + [{"video": v, "label": all_labels[v], "pred": None} for v in silent],
+    }
+
+
+def evaluate_videos(model, reader: WindowReader, cache: Cache, videos: list[int], device, batch_size=256, drop=None, amp=False) -> dict:
+    """Metrics of ``model`` on ``videos``, with each prediction's path and class names."""
+    windows = reader.windows(videos, model.modalities)
+    m = metrics(window_probabilities(model, reader, windows, device, batch_size, drop, amp), windows, cache, videos)
+    names = {v["id"]: v["path"] for v in cache.videos}
+    for p in m["predictions"]:
+        p["path"] = names[p["video"]]
+        p["label"], p["pred"] = cache.classes[p["label"]], None if p["pred"] is None else cache.classes[p["pred"]]
+    return m
 
 
 def missing_assignment(videos: list[int], missing: str | None, rate: float, seed: int = 0) -> dict[int, str]:
@@ -34,24 +119,31 @@ def missing_assignment(videos: list[int], missing: str | None, rate: float, seed
     return {v: missing for v in chosen}
 
 
+def ids_of_test_videos(run: RunFolder, data: Cache) -> list[int]:
+    """The run's test videos as ids of ``data``, found by path: a cache made again (or another
+    cache of the same videos) numbers them differently. Refuses a cache that lacks any of them."""
+    wanted = [e["path"] for e in run.split()["test"]]
+    ids = {v["path"]: v["id"] for v in data.videos}
+    absent = [p for p in wanted if p not in ids]
+    if absent:
+        raise RunError(f"{data.root}: {len(absent)} of the run's {len(wanted)} test videos are not in this cache "
+                       f"(e.g. {absent[0]}); evaluate on the cache the run was trained on, or one made from the same videos")  # fmt: skip
+    if list(data.classes) != list(run.config().get("cache_settings", {}).get("classes", data.classes)):
+        raise RunError(f"{data.root}: its classes {data.classes} are not the run's")
+    return [ids[p] for p in wanted]
+
+
 def evaluate_run(run: str | Path, cache: str | Path | None = None, missing: str | None = None, rate: float = 0.0,
                  seed: int = 0, device: str = "auto", model=None, card=None) -> dict:  # fmt: skip
-    run = Path(run)
-    try:
-        config = json.loads((run / "config.json").read_text())["train"]
-        split = json.loads((run / "split.json").read_text())
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise RunError(f"{run}: not a finished avhgr run ({exc})") from exc
+    folder = RunFolder(run)
+    config = folder.config()["train"]
     dev = resolve_device(device)
     if model is None:
         model, card = load_model(run, dev)
     data = Cache.open(cache or config["cache"])
-    test = [e["id"] for e in split["test"]]
-    modalities = tuple(card["modalities"])
-    reader = WindowReader(data, tuple(card["audio_stats"]), modalities)
-    windows = windows_of(data, test, modalities[0] if len(modalities) == 1 else None)
+    test = ids_of_test_videos(folder, data)
+    reader = WindowReader(data, tuple(card["audio_stats"]), tuple(card["modalities"]), card.get("level", "absolute"), card.get("evidence", False))
     drop = missing_assignment(test, missing, rate, seed)
-    probs = window_probabilities(model, reader, windows, dev, drop=drop, amp=dev.type == "cuda")
-    result = metrics(probs, windows, data)
+    result = evaluate_videos(model, reader, data, test, dev, drop=drop, amp=dev.type == "cuda")
     result.update(missing=missing, rate=rate, videos_missing=len(drop))
     return result

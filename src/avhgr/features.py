@@ -78,3 +78,30 @@ def log_mel(windows: np.ndarray, s: FeatureSettings = FeatureSettings()) -> np.n
     # Absolute dB (ref 1.0): loudness carries emotion, so no per-window normalisation here;
     # training standardises with the training set's mean and deviation.
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+
+
+# Speech detection on the log-Mel spectrogram itself, so that training (from a cache of any age),
+# prediction and live streams decide alike. A frame is voice-like when its Mel power, summed over
+# the bands, is above SPEECH_LEVEL_DB (in this spectrogram's dB: power of samples in [-1, 1]
+# through librosa's Slaney-normalised filters; RAVDESS speech frames lie around -5 to +15, its
+# pauses below -30) and its spectral flatness over the bands is below SPEECH_FLATNESS (tonal:
+# voiced speech; hiss, hum-free noise and digital silence are flat). A window has speech when at
+# least SPEECH_SHARE of its frames are voice-like (50 ms of a 0.5 s window).
+SPEECH_LEVEL_DB = -25.0
+SPEECH_FLATNESS = 0.25
+SPEECH_SHARE = 0.1
+
+
+def voiced_frames(specs: np.ndarray) -> np.ndarray:
+    """(n, frames) bool: which frames of (n, n_mels, frames) log-Mel spectrograms are voice-like."""
+    power = np.power(10.0, np.asarray(specs, dtype=np.float32) / 10.0)
+    level = 10 * np.log10(power.sum(axis=1) + 1e-12)
+    flatness = np.exp(np.log(power + 1e-12).mean(axis=1)) / (power.mean(axis=1) + 1e-12)
+    return (level > SPEECH_LEVEL_DB) & (flatness < SPEECH_FLATNESS)
+
+
+def has_speech(specs: np.ndarray) -> np.ndarray:
+    """(n,) bool: which windows have speech (see SPEECH_LEVEL_DB)."""
+    if len(specs) == 0:
+        return np.zeros(0, dtype=bool)
+    return voiced_frames(specs).mean(axis=1) >= SPEECH_SHARE

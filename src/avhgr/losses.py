@@ -14,7 +14,10 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .distributed import DistInfo, all_sum, gather_rows
 
 
 def soft_hgr(u: Tensor, v: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -78,3 +81,39 @@ def correlation_loss(f: Tensor, g: Tensor, h: Tensor | None = None, labeled: Ten
             raise ValueError(f"labeled mask must have shape ({f.shape[0]},), got {tuple(labeled.shape)}")
         return -(total + soft_hgr(f, h, labeled) + soft_hgr(g, h, labeled))
     return -(total + soft_hgr(f, h) + soft_hgr(g, h))
+
+
+def joint_objective(
+    logits: Tensor,
+    labels: Tensor,
+    labeled: Tensor,
+    f: Tensor | None = None,
+    g: Tensor | None = None,
+    h: Tensor | None = None,
+    corr: str = "none",
+    lam: float = 1.0,
+    semi: bool = False,
+    info: DistInfo = DistInfo(),
+    rows_per_rank: tuple[int, ...] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CE over the labelled rows + λ·L_corr over the global batch. Returns (loss to
+    backpropagate, this rank's share of the mean CE, L_corr).
+
+    Under DDP (``info.world`` > 1) each rank holds a slice of the batch: features are
+    gathered with their gradients, so Soft-HGR sees the global batch, and the CE share is
+    scaled by the world size, so that the gradients DDP averages equal those of one process
+    holding the whole batch. With one process both steps do nothing. ``rows_per_rank``: each
+    rank's share of the global batch, where the shares differ.
+    """
+    per_row = F.cross_entropy(logits.float(), labels, reduction="none") * labeled
+    n_labeled = all_sum(labeled.sum().float(), info).clamp(min=1)  # no host sync
+    ce_share = per_row.sum() / n_labeled
+    loss = ce_share * info.world
+    if corr == "none":
+        return loss, ce_share, ce_share.new_zeros(())
+    if f is None or g is None or (corr == "fgh" and h is None):
+        raise ValueError(f"--corr {corr} needs the features f, g{', h' if corr == 'fgh' else ''} of a joint model")
+    gather = lambda x: gather_rows(x, info, rows_per_rank)  # noqa: E731
+    mask = gather(labeled.float()).detach() > 0.5 if semi else None
+    c = correlation_loss(gather(f), gather(g), gather(h) if corr == "fgh" else None, labeled=mask)
+    return loss + lam * c, ce_share, c

@@ -1,5 +1,8 @@
 """The networks: visual and audio ResNets with 512-d features, the label network and the fusion network.
 
+Every model takes a ``Batch`` and returns an ``Output`` (logits and its features): which input
+goes to which network is decided here, once, and nowhere else.
+
 Data flow of the joint model (method.md, "The networks"):
 
     face (3×S×S)   -> visual ResNet -> f (512) ─┐
@@ -14,14 +17,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
+if TYPE_CHECKING:
+    from .data import Batch
+
 FEATURE_DIM = 512
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+MODALITIES = ("audio", "visual")
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -85,21 +93,50 @@ def build_backbone(name: str = "resnet50", pretrained: str | Path | None = "none
     return net
 
 
-class ModalityNet(nn.Module):
-    """One modality's network: ResNet -> 512-d feature, plus a classifier head for stage 1."""
+@dataclass
+class Output:
+    """What every model returns: logits and the features it has (zeros where a modality is missing)."""
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", pretrained: str | Path | None = "none"):
+    logits: Tensor
+    f: Tensor | None = None  # visual feature
+    g: Tensor | None = None  # audio feature
+    h: Tensor | None = None  # label feature: in training only, when the batch has labels
+
+
+class ModalityNet(nn.Module):
+    """One modality's network: ResNet -> 512-d feature, plus a classifier head for stage 1.
+
+    It knows its modality and takes its own input from a batch: the visual network the faces,
+    the audio network the spectrograms.
+    """
+
+    def __init__(self, num_classes: int, modality: str, backbone: str = "resnet50", pretrained: str | Path | None = "none"):
         super().__init__()
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be audio or visual, got {modality!r}")
+        self.modality = modality
+        self.modalities = (modality,)  # the inputs a window must have to be used
+        self.backbone_name = backbone
         self.backbone = build_backbone(backbone, pretrained)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
+
+    def input(self, batch: "Batch") -> Tensor:
+        x = batch.audio if self.modality == "audio" else batch.visual
+        if x is None:
+            raise ValueError(f"the {self.modality} network was given a batch without {self.modality} input")
+        return x
 
     def features(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1:  # a spectrogram: copy to the three channels the ResNet expects
             x = x.expand(-1, 3, -1, -1)
         return self.backbone(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+    def freeze_unused(self, corr: str) -> None:
+        """Stage 1 trains every parameter."""
+
+    def forward(self, batch: "Batch") -> Output:
+        feature = self.features(self.input(batch))
+        return Output(self.head(feature), **{"g" if self.modality == "audio" else "f": feature})
 
 
 class FusionNet(nn.Module):
@@ -119,16 +156,25 @@ class FusionNet(nn.Module):
         return self.out(self.hidden(x))
 
 
-@dataclass
-class JointOutput:
-    logits: Tensor
-    f: Tensor  # visual feature (zeros where the face is missing)
-    g: Tensor  # audio feature (zeros where the audio is missing)
-    h: Tensor | None  # label feature, only when labels were given
+FEATURE_NORMS = ("none", "batch", "rescale")
 
 
 class AVHGRModel(nn.Module):
-    """The joint model of stage 2: visual and audio networks, label network, fusion network."""
+    """The joint model of stage 2: visual and audio networks, label network, fusion network.
+
+    ``feature_norm`` says what f and g are, for the fusion and for the correlation loss alike:
+
+    - ``none``: the networks' 512 outputs (the paper).
+    - ``batch``: those outputs standardised per dimension (BatchNorm without affine parameters,
+      over the rows that have the modality) and divided by √512, so each feature has unit total
+      variance: every Soft-HGR term is then between -1.5 and 1 whatever stage 1 did to the scale.
+    - ``rescale``: the outputs times a fixed α per modality, set at the start of stage 2
+      (``calibrate``) to give unit total variance on the training windows; the fusion's first
+      layer is divided by α, so the model computes the same function as with ``none``.
+    A missing modality's feature is zero in all three.
+    """
+
+    modalities = MODALITIES  # a window needs either input; a missing one is zero
 
     def __init__(
         self,
@@ -136,29 +182,72 @@ class AVHGRModel(nn.Module):
         backbone: str = "resnet50",
         fusion_layers: int = 2,
         pretrained: str | Path | None = "none",
+        feature_norm: str = "none",
     ):
         super().__init__()
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {feature_norm!r}")
         self.num_classes = num_classes
-        self.visual = ModalityNet(num_classes, backbone, pretrained)
-        self.audio = ModalityNet(num_classes, backbone, pretrained)
+        self.feature_norm = feature_norm
+        self.visual = ModalityNet(num_classes, "visual", backbone, pretrained)
+        self.audio = ModalityNet(num_classes, "audio", backbone, pretrained)
         self.label = nn.Linear(num_classes, FEATURE_DIM)
         self.fusion = FusionNet(num_classes, fusion_layers)
+        if feature_norm == "batch":
+            self.norm = nn.ModuleDict({m: nn.BatchNorm1d(FEATURE_DIM, affine=False) for m in MODALITIES})
+        if feature_norm == "rescale":
+            self.register_buffer("scale", torch.ones(len(MODALITIES)))  # α of audio, visual
+
+    def _normalise(self, modality: str, feats: Tensor) -> Tensor:
+        if self.feature_norm == "batch":
+            norm = self.norm[modality]
+            if norm.training and feats.shape[0] < 2:  # one row has no batch statistics: the running ones
+                return F.batch_norm(feats, norm.running_mean, norm.running_var, training=False, eps=norm.eps) / FEATURE_DIM**0.5
+            return norm(feats) / FEATURE_DIM**0.5
+        if self.feature_norm == "rescale":
+            return feats * self.scale[MODALITIES.index(modality)].to(feats.dtype)
+        return feats
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """``rescale``: α per modality from the features of ``batches`` (training windows, in
+        evaluation mode), and the fusion's first layer divided by α (the same function)."""
+        if self.feature_norm != "rescale":
+            return
+        was_training = self.training
+        self.eval()
+        feats = {m: [] for m in MODALITIES}
+        for batch in batches:
+            for m, x, present in (("audio", batch.audio, batch.audio_present), ("visual", batch.visual, batch.visual_present)):
+                if x is not None and bool(present.any()):
+                    rows = torch.nonzero(present.cpu()).flatten().to(x.device)
+                    feats[m].append(getattr(self, m).features(x.index_select(0, rows)).float())
+        first = self.fusion.hidden[0]
+        for i, m in enumerate(MODALITIES):
+            if not feats[m]:
+                continue
+            total_variance = torch.cat(feats[m]).var(dim=0).sum().clamp(min=1e-12)
+            alpha = total_variance.rsqrt() / self.scale[i]  # relative to the scale already applied
+            self.scale[i] *= alpha
+            cols = slice(0, FEATURE_DIM) if m == "visual" else slice(FEATURE_DIM, 2 * FEATURE_DIM)
+            first.weight[:, cols] /= alpha
+        self.train(was_training)
 
     @staticmethod
-    def _features(net: ModalityNet, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor) -> Tensor:
+    def _features(net: ModalityNet, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor, then=lambda t: t) -> Tensor:
         """Features of the present rows only; absent rows stay exactly zero.
 
         Absent rows are not run through the network at all, so their (arbitrary) input
-        never touches BatchNorm statistics. ``present`` is best a CPU tensor (as batches
-        carry it): which rows to run is then decided without waiting for the device.
+        never touches BatchNorm statistics. ``present`` is a CPU tensor (as batches carry it):
+        which rows to run is then decided without waiting for the device.
         """
         if x is None:
             return ref.new_zeros(n, FEATURE_DIM)
         if present is None:
-            return net.features(x)
+            return then(net.features(x))
         present = present.to(dtype=torch.bool).cpu()
         if bool(present.all()):
-            return net.features(x)
+            return then(net.features(x))
         out = ref.new_zeros(n, FEATURE_DIM)
         # SyncBatchNorm (DDP on GPUs) is a collective in forward and backward: a process whose
         # slice has no row of this modality must still run the network, on zero rows, and keep
@@ -166,30 +255,53 @@ class AVHGRModel(nn.Module):
         # empty batch (its running statistics would become NaN).
         if present.any() or (net.training and any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())):
             rows = torch.nonzero(present).flatten().to(x.device, non_blocking=True)
-            feats = net.features(x.index_select(0, rows))
+            feats = then(net.features(x.index_select(0, rows)))
             out = out.to(feats.dtype).index_copy(0, rows, feats)
         return out
 
-    def forward(
-        self,
-        visual: Tensor | None = None,
-        audio: Tensor | None = None,
-        labels: Tensor | None = None,
-        visual_present: Tensor | None = None,
-        audio_present: Tensor | None = None,
-    ) -> JointOutput:
-        """visual (n, 3, S, S), audio (n, 1|3, 94, 94): either may be None (missing for all rows)
-        or masked per row by a boolean ``*_present``. ``labels`` (n,) class indices give h."""
-        ref = visual if visual is not None else audio
+    def _feature(self, modality: str, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor) -> Tensor:
+        """f or g: the present rows' features, normalised (``feature_norm``) over those rows only;
+        absent rows zero."""
+        net = self.visual if modality == "visual" else self.audio
+        return self._features(net, x, present, n, ref, then=lambda feats: self._normalise(modality, feats))
+
+    def freeze_unused(self, corr: str) -> None:
+        """The stage-1 classifier heads play no part in the joint model; h only in L_corr^fgh."""
+        self.visual.head.requires_grad_(False)
+        self.audio.head.requires_grad_(False)
+        self.label.requires_grad_(corr == "fgh")
+
+    def forward(self, batch: "Batch") -> Output:
+        """The batch's faces (n, 3, S, S) and spectrograms (n, 1, 94, 94): either may be None
+        (missing for all rows) or masked per row (``visual_present``, ``audio_present``).
+        h, the label feature, is computed in training only (at test time the label is unknown)."""
+        ref = batch.visual if batch.visual is not None else batch.audio
         if ref is None:
-            raise ValueError("AVHGRModel needs at least one of visual or audio")
+            raise ValueError("the joint model needs at least one of visual or audio input")
         n = ref.shape[0]
         param = next(self.parameters())
         ref = torch.empty(0, device=ref.device, dtype=param.dtype)
-        f = self._features(self.visual, visual, visual_present, n, ref)
-        g = self._features(self.audio, audio, audio_present, n, ref)
+        f = self._feature("visual", batch.visual, batch.visual_present, n, ref)
+        g = self._feature("audio", batch.audio, batch.audio_present, n, ref)
         logits = self.fusion(torch.cat([f, g.to(f.dtype)], dim=1))
         h = None
-        if labels is not None:
-            h = self.label(F.one_hot(labels.long(), self.num_classes).to(param.dtype))
-        return JointOutput(logits=logits, f=f, g=g, h=h)
+        if self.training and batch.labels is not None:
+            h = self.label(F.one_hot(batch.labels.long(), self.num_classes).to(param.dtype))
+        return Output(logits=logits, f=f, g=g, h=h)
+
+    @classmethod
+    def from_stage1(cls, nets: dict[str, ModalityNet], fusion_layers: int = 2, feature_norm: str = "none") -> "AVHGRModel":
+        """The joint model, its visual and audio networks starting from stage 1's."""
+        audio, visual = nets["audio"], nets["visual"]
+        model = cls(audio.head.out_features, audio.backbone_name, fusion_layers, feature_norm=feature_norm)
+        model.visual.load_state_dict(visual.state_dict())
+        model.audio.load_state_dict(audio.state_dict())
+        return model
+
+
+def build_model(card: dict) -> nn.Module:
+    """The model a card (model.json) describes, with fresh weights."""
+    classes, modalities = len(card["classes"]), tuple(card["modalities"])
+    if len(modalities) == 2:
+        return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"))
+    return ModalityNet(classes, modalities[0], card["backbone"])

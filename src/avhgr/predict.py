@@ -7,7 +7,6 @@ load). The video-level prediction is the mean of the windows' class probabilitie
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,30 +14,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .data import host_batch
+from .data import host_batch, level_offsets
+from .distributed import resolve_device
+from .evaluate import window_probabilities
 from .features import FeatureSettings
-from .models import AVHGRModel, ModalityNet
 from .preprocess import make_cropper, process_file
-from .train import RunError, load_weights, resolve_device, window_probabilities
-
-
-def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A run's trained model (eval mode, on ``device``) and its card (model.json)."""
-    run = Path(run)
-    card_path = run / "model.json"
-    if not card_path.exists():
-        raise RunError(f"{run}: no trained model here (model.json missing); train one with `avhgr train`")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{card_path}: unreadable ({exc})") from exc
-    classes = card["classes"]
-    if len(card["modalities"]) == 2:
-        model: torch.nn.Module = AVHGRModel(len(classes), card["backbone"], card["fusion_layers"])
-    else:
-        model = ModalityNet(len(classes), card["backbone"])
-    load_weights(model, run / "model.safetensors")
-    return model.to(device).eval(), card
+from .runs import RunError, load_model
 
 
 PREDICT_BATCH = 64  # windows per forward pass
@@ -55,6 +36,7 @@ class Predictor:
         self.classes: list[str] = card["classes"]
         self.modalities: list[str] = card["modalities"]
         self.audio_stats = tuple(card["audio_stats"])
+        self.level = card.get("level", "absolute")
         self.settings = FeatureSettings(**card["features"])
         if windows is not None:
             self.settings = replace(self.settings, windows=windows)
@@ -84,9 +66,11 @@ class Predictor:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
         # The file's windows, read like a cache by the evaluation loop (batches: activations stay
         # small however many windows).
+        levels = level_offsets(specs, self.level) if specs is not None else None
         reader = SimpleNamespace(read=lambda rows: host_batch(
             None if faces is None else faces[rows], None if specs is None else specs[rows],
-            np.full(len(rows), used_video), np.full(len(rows), used_audio), self.audio_stats))  # fmt: skip
+            np.full(len(rows), used_video), np.full(len(rows), used_audio), self.audio_stats,
+            spec_level=None if levels is None else levels[rows]))  # fmt: skip
         probs = window_probabilities(self.model, reader, np.arange(n), self.device, PREDICT_BATCH)
         mean = probs.mean(axis=0)
         missing = [m for m, used in (("visual", has_video), ("audio", has_audio)) if not used]

@@ -1,0 +1,243 @@
+"""The run folder: everything a training run keeps on disk, apart from the optimisation itself.
+
+    config.json        the settings the run was started with (a resume must match them)
+    split.json         the videos of train / val / test by path, and which training videos keep labels
+    metrics.csv        one row per epoch and stage (and TensorBoard logs in tb/)
+    stage1_*.safetensors, stage2.safetensors   each stage's best weights
+    *.last.pt          resume states (weights, Adam moments, metric history), deleted once done
+    model.safetensors + model.json             what prediction needs
+    report.json        the test result, written last: its presence means the run is finished
+
+Weights are safetensors and states are loaded with ``weights_only=True``: no code runs on load.
+Every write is atomic, so a run killed at any moment leaves the previous state whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from .cache import Cache, atomic_write_bytes, atomic_write_text
+from .models import build_model
+
+METRIC_FIELDS = ["stage", "epoch", "loss", "ce", "corr", "val_video_acc", "val_window_acc", "lr", "seconds"]
+# Settings that may differ between the start of a run and its resume.
+RESUME_FREE = ("device", "amp", "keep_states")
+
+
+class RunError(RuntimeError):
+    """A run folder or setting that cannot be used as asked."""
+
+
+# --------------------------------------------------------------------------- weights and states
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """safetensors (no code runs on load), written atomically."""
+    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+        raise RunError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunError(f"{path}: does not match this model ({str(exc).splitlines()[0]})") from exc
+
+
+def save_state(state: dict, path: Path) -> None:
+    """A resumable training state (tensors and plain values only), written atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # refuses pickled code
+    except Exception as exc:  # noqa: BLE001
+        raise RunError(f"{path}: not a loadable training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` holds ``src``'s bytes: a hard link where the file system allows (the cells of a
+    study share one stage 1, and need not store it once each), else an atomic copy."""
+    tmp = dst.with_name(dst.name + ".link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        atomic_write_bytes(dst, Path(src).read_bytes())
+        return
+    os.replace(tmp, dst)
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def split_document(cache: Cache, split: dict[str, list[int]], labeled: set[int]) -> dict:
+    """The split by path (ids are only positions in one cache), with the labelled training videos."""
+    names = {v["id"]: v["path"] for v in cache.videos}
+    return {part: [{"id": v, "path": names[v], **({"labeled": v in labeled} if part == "train" else {})} for v in vids]
+            for part, vids in split.items()}  # fmt: skip
+
+
+class RunFolder:
+    """One run's folder. Only the main process of a distributed run writes (``writer``)."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._tb = None  # TensorBoard writer, opened on the first row
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        return self.file("report.json").exists()
+
+    def report(self) -> dict:
+        return json.loads(self.file("report.json").read_text())
+
+    def config(self) -> dict:
+        try:
+            return json.loads(self.file("config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.path}: not an avhgr run ({exc})") from exc
+
+    def split(self) -> dict:
+        try:
+            return json.loads(self.file("split.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.path}: its split.json is missing or unreadable ({exc})") from exc
+
+    def start(self, settings: dict, resume: bool) -> None:
+        """Create the folder, or check that a resume asks for the settings it was started with."""
+        if not self.writer:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.file("config.json").exists():
+            if not resume:
+                raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
+            old = self.config()
+            free = dict.fromkeys(RESUME_FREE)
+            if {**old["train"], **free} != {**settings["train"], **free}:
+                changed = sorted(k for k in set(old["train"]) | set(settings["train"])
+                                 if k not in RESUME_FREE and old["train"].get(k) != settings["train"].get(k))  # fmt: skip
+                raise RunError(f"{self.path}: --resume with other settings than the run was started with ({', '.join(changed)})")
+        atomic_write_text(self.file("config.json"), json.dumps(settings, indent=2))
+
+    def write_split(self, document: dict) -> None:
+        if self.writer:
+            atomic_write_text(self.file("split.json"), json.dumps(document, indent=1))
+
+    # ---- one stage's files
+
+    def best(self, stage: str) -> Path:
+        return self.file(f"{stage}.safetensors")
+
+    def last(self, stage: str) -> Path:
+        return self.file(f"{stage}.last.pt")
+
+    def save_best(self, stage: str, model: torch.nn.Module) -> None:
+        if self.writer:
+            save_weights(model, self.best(stage))
+
+    def save_last(self, stage: str, state: dict) -> None:
+        if self.writer:
+            save_state(state, self.last(stage))
+
+    def write_metrics(self, stage: str, history: list[dict]) -> None:
+        """metrics.csv with ``stage``'s rows replaced by ``history`` (the other stages' rows stay)."""
+        if not self.writer:
+            return
+        path = self.file("metrics.csv")
+        rows = []
+        if path.exists():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r["stage"] != stage]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n", extrasaction="ignore", restval="")
+        writer.writeheader()
+        writer.writerows(rows + history)
+        atomic_write_text(path, buf.getvalue())
+
+    def add_scalars(self, row: dict) -> None:
+        """TensorBoard's copy of a metrics row (in tb/), where TensorBoard is installed."""
+        if not self.writer or self._tb is False:
+            return
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.file("tb")))
+            except Exception:  # noqa: BLE001 - TensorBoard is a nicety
+                self._tb = False
+                return
+        for key in ("loss", "ce", "corr", "val_video_acc", "val_window_acc", "lr"):
+            self._tb.add_scalar(f"{row['stage']}/{key}", row[key], row["epoch"])
+        self._tb.flush()
+
+    # ---- the end
+
+    def finish(self, model: torch.nn.Module, card: dict, report: dict, keep_states: bool = False) -> None:
+        """The model and its card, the report files, then report.json (last: the run is complete)."""
+        if not self.writer:
+            return
+        save_weights(model, self.file("model.safetensors"))
+        atomic_write_text(self.file("model.json"), json.dumps(card, indent=2))
+        write_report_files(self.path, report, report["classes"])
+        atomic_write_text(self.file("report.json"), json.dumps(report, indent=2))
+        self.drop_states(keep_states)
+        if self._tb:
+            self._tb.close()
+
+    def drop_states(self, keep: bool = False) -> None:
+        """A finished run needs its weights, not its optimiser states: without this, every cell
+        of a study leaves ~0.5 GB (ResNet-18) behind."""
+        if keep or not self.writer:
+            return
+        for path in self.path.glob("*.last.pt"):
+            path.unlink(missing_ok=True)
+        # The joint model's best weights are model.safetensors; stage-1 weights stay (--init-from).
+        if self.file("model.safetensors").exists():
+            self.best("stage2").unlink(missing_ok=True)
+
+
+def write_report_files(out: Path, report: dict, classes: list[str], stem: str = "test") -> None:
+    import numpy as np
+
+    from .plots import confusion_png
+
+    atomic_write_text(out / f"{stem}_confusion.json", json.dumps({"classes": classes, "matrix": report["confusion"]}))
+    title = f"video accuracy {100 * report['video_accuracy']:.1f} % ({report['videos']} test videos)"
+    confusion_png(np.array(report["confusion"]), classes, out / f"{stem}_confusion.png", title)
+
+
+# --------------------------------------------------------------------------- trained models
+
+
+def load_model(run: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A run's trained model (eval mode, on ``device``) and its card (model.json)."""
+    run = Path(run)
+    card_path = run / "model.json"
+    if not card_path.exists():
+        raise RunError(f"{run}: no trained model here (model.json missing); train one with `avhgr train`")
+    try:
+        card = json.loads(card_path.read_text())
+        model = build_model(card)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{card_path}: unreadable or not an avhgr model card ({type(exc).__name__}: {exc})") from exc
+    load_weights(model, run / "model.safetensors")
+    return model.to(device).eval(), card
