@@ -85,9 +85,9 @@ def test_predict_handles_or_refuses_every_hostile_file(hostile, model_run):
             assert path in results, (name, res.stderr)
     assert results[hostile["no audio"]]["missing"] == ["audio"]
     assert results[hostile["no video"]]["missing"] == ["visual"]
-    assert results[hostile["no face"]]["face_found_rate"] == 0.0  # centre crops, said so
-    assert results[hostile["two faces"]]["face_found_rate"] == 1.0
-    assert results[hostile["portrait 1080x1920"]]["face_found_rate"] == 1.0
+    assert results[hostile["no face"]]["face_rate"] == 0.0  # no visual input, said so
+    assert results[hostile["two faces"]]["face_rate"] == 1.0
+    assert results[hostile["portrait 1080x1920"]]["face_rate"] == 1.0
 
 
 def test_preprocess_goes_on_past_hostile_files(hostile, tmp_path):

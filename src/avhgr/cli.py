@@ -171,16 +171,25 @@ def evaluate(
     typer.echo(f"video accuracy {100 * result['video_accuracy']:.2f} % on {result['videos']} test videos{what}")
 
 
+NO_EMOTION_EXIT = 3  # predict: a file had no face and no speech the model could use (and none failed)
+
+
 @app.command()
 def predict(
     files: list[Path] = typer.Argument(..., help="Video (or audio) files."),
-    model: Path = typer.Option(..., "--model", help="A run folder made by `avhgr train`."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A run folder made by `avhgr train` (default: the built-in speech model)."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per file."),
     timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
+    hop: Optional[float] = typer.Option(None, help="Windows every HOP seconds over the whole file (a regular timeline; default: random windows as in training)."),
+    plot: Optional[Path] = typer.Option(None, help="PNG: each class's probability over time, face thumbnails, missing face/speech shaded (FILE_<name>.png for several files)."),
     windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as in training, 30)."),
     device: str = typer.Option("auto"),
 ):
-    """The emotion in each file, from the same preprocessing as training."""
+    """The emotion in each file, from the same preprocessing as training.
+
+    Windows without a face have no visual input, windows without speech no audio input; a file
+    with neither anywhere gets no emotion. Exit status: 0 every file got an emotion, 1 a file
+    could not be read (error), 3 a file had no face and no speech the model could use."""
     import json
 
     from .decode import MediaError
@@ -191,24 +200,90 @@ def predict(
         predictor = Predictor(model, device, windows)
     except RunError as exc:
         fail(str(exc))
-    failed = 0
+    if not json_out:
+        typer.echo(f"({predictor.description})", err=True)
+    failed = silent = 0
     for path in files:
         try:
-            result = predictor.predict_file(path, timeline)
+            if plot is not None:
+                result, faces = predictor.predict_file(path, timeline=True, hop=hop, keep_faces=True)
+            else:
+                result = predictor.predict_file(path, timeline, hop)
         except (MediaError, RunError) as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             failed += 1
             continue
+        silent += result["emotion"] is None
+        if plot is not None:
+            from .plots import timeline_png
+
+            target = plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(path).stem}{plot.suffix or '.png'}")
+            timeline_png(result["timeline"], predictor.classes, target, f"{Path(path).name}: {result['emotion'] or 'no emotion'}",
+                         faces, predictor.settings.window_seconds)  # fmt: skip
+            if not timeline:
+                result.pop("timeline")
         if json_out:
             typer.echo(json.dumps(result))
             continue
-        top = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
-        note = f"  (no {' and no '.join(result['missing'])}: predicted from the other modality)" if result["missing"] else ""
-        typer.echo(f"{path}: {result['emotion']} {100 * top[0][1]:.0f} %  | " + "  ".join(f"{c} {100 * p:.0f}%" for c, p in top[1:4]) + note)
+        if result["emotion"] is None:
+            typer.echo(f"{path}: no emotion: {result['reason']}")
+        else:
+            top = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+            evidence = [f"{name} in {100 * rate:.0f} % of windows" for name, rate in (("face", result["face_rate"]), ("speech", result["speech_rate"]))
+                        if rate is not None]  # fmt: skip
+            typer.echo(f"{path}: {result['emotion']} {100 * top[0][1]:.0f} %  | " + "  ".join(f"{c} {100 * p:.0f}%" for c, p in top[1:4])
+                       + (f"  ({', '.join(evidence)})" if evidence else ""))  # fmt: skip
         for w in result.get("timeline", []):
-            typer.echo(f"    {w['start']:7.2f}-{w['end']:.2f} s  {w['emotion']:10s} {100 * w['probability']:.0f} %")
+            what = f"{w['emotion']:10s} {100 * w['probability']:3.0f} %" if w["emotion"] else "(no face, no speech)"
+            typer.echo(f"    {w['start']:7.2f}-{w['end']:.2f} s  {what}")
     if failed:
         raise typer.Exit(1)
+    if silent:
+        raise typer.Exit(NO_EMOTION_EXIT)
+
+
+@app.command()
+def watch(
+    source: str = typer.Argument(..., help="A camera device, a stream URL, a file, or - for a stream on standard input."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A run folder made by `avhgr train` (default: the built-in speech model)."),
+    hop: Optional[float] = typer.Option(None, help="Seconds between windows (default: the window length, 0.5 s)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Input format where FFmpeg cannot guess it: v4l2 (Linux camera), avfoundation, dshow, mpegts ..."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per window."),
+    device: str = typer.Option("auto"),
+):
+    """Live emotion, window after window, from a camera, a stream or standard input. Ends at the
+    end of the stream or with Ctrl-C."""
+    import json
+
+    from .decode import MediaError
+    from .predict import Predictor
+    from .runs import RunError
+    from .watch import watch as run_watch
+
+    try:
+        predictor = Predictor(model, device)
+    except RunError as exc:
+        fail(str(exc))
+
+    def emit(w: dict) -> None:
+        if json_out:
+            typer.echo(json.dumps(w))
+        elif w["emotion"] is None:
+            typer.echo(f"{w['start']:8.2f}-{w['end']:.2f} s  (no face, no speech)")
+        else:
+            cues = ", ".join(name for name in ("face", "speech") if w[name])
+            typer.echo(f"{w['start']:8.2f}-{w['end']:.2f} s  {w['emotion']:10s} {100 * w['probability']:3.0f} %  ({cues})")
+
+    if not json_out:
+        typer.echo(f"({predictor.description}; Ctrl-C to stop)", err=True)
+    try:
+        n = run_watch(predictor, source, hop, fmt, emit)
+    except MediaError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+        return
+    typer.echo(f"end of stream after {n} windows", err=True)
 
 
 @app.command()

@@ -57,6 +57,14 @@ def sample_window_starts(duration: float, n: int, length: float, rng: np.random.
     return rng.uniform(0.0, room, size=n) if room > 0 else np.zeros(n)
 
 
+def regular_window_starts(duration: float, hop: float, length: float) -> np.ndarray:
+    """Starts 0, hop, 2·hop, ... of every window that fits in the clip (one at 0 if none does)."""
+    if hop <= 0:
+        raise ValueError(f"hop must be positive, got {hop}")
+    room = max(duration - length, 0.0)
+    return np.arange(int(np.floor(room / hop + 1e-9)) + 1) * hop
+
+
 def key_frame_times(starts: np.ndarray, length: float, duration: float) -> np.ndarray:
     """The centre of each window, kept inside the clip (the clip's middle when it is shorter)."""
     return np.minimum(np.asarray(starts) + length / 2, duration / 2 if duration < length else np.inf)

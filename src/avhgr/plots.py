@@ -15,7 +15,7 @@ def _save(fig, out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # legends placed outside the axes stay in the picture
     plt.close(fig)
     return out
 
@@ -114,4 +114,48 @@ def missing_png(rows: list[dict], scenarios: tuple[str, ...], out: str | Path) -
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("video accuracy (%)")
     axes[0][-1].legend()
+    return _save(fig, out)
+
+
+def timeline_png(timeline: list[dict], classes: list[str], out: str | Path, title: str = "", faces: np.ndarray | None = None,
+                 window_seconds: float = 0.5) -> Path:  # fmt: skip
+    """Each class's probability over time (one line per class, at each window's centre), the
+    stretches where the face or the speech was missing shaded, and (``faces``, one crop per
+    window) face thumbnails along the time axis."""
+    centres = np.array([(w["start"] + w["end"]) / 2 for w in timeline])
+    probs = np.array([[np.nan] * len(classes) if w["probabilities"] is None else [w["probabilities"][c] for c in classes] for w in timeline])
+    with_faces = faces is not None and len(faces) > 0
+    fig = plt.figure(figsize=(11, 5.2 if with_faces else 4.2))
+    grid = fig.add_gridspec(2 if with_faces else 1, 1, height_ratios=[4, 1] if with_faces else [1], hspace=0.05)
+    ax = fig.add_subplot(grid[0])
+    colours = plt.get_cmap("tab10")
+    for k, c in enumerate(classes):
+        ax.plot(centres, probs[:, k], marker="o", ms=3, lw=1.6, color=colours(k % 10), label=c)
+    end = max((w["end"] for w in timeline), default=window_seconds)
+    for w in timeline:  # shade, per window, what was missing
+        if not w["face"]:
+            ax.axvspan(w["start"], w["end"], ymin=0.5, ymax=1.0, color="0.85", lw=0, zorder=0)
+        if not w["speech"]:
+            ax.axvspan(w["start"], w["end"], ymin=0.0, ymax=0.5, color="#f2d7d5", lw=0, zorder=0)
+    from matplotlib.patches import Patch
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Patch(color="0.85", label="no face (top)"), Patch(color="#f2d7d5", label="no speech (bottom)")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_xlim(0, end)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability")
+    ax.set_title(title, fontsize=10)
+    if with_faces:
+        ax.tick_params(labelbottom=False)
+        strip = fig.add_subplot(grid[1], sharex=ax)
+        n = min(len(faces), 12)  # a dozen thumbnails at most, evenly spread
+        for i in np.linspace(0, len(faces) - 1, n).round().astype(int):
+            half = end / (2.2 * n)
+            strip.imshow(faces[i], extent=(centres[i] - half, centres[i] + half, 0, 1), aspect="auto")
+        strip.set_xlim(0, end)
+        strip.set_yticks([])
+        strip.set_xlabel("time (s)")
+    else:
+        ax.set_xlabel("time (s)")
     return _save(fig, out)

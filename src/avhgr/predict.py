@@ -1,13 +1,20 @@
-"""From a raw video file to emotion probabilities, with the preprocessing training used.
+"""From a raw media file (or a live stream, ``watch``) to emotion probabilities, with the
+preprocessing training used.
 
 A run folder's ``model.json`` says how the model was trained (classes, modalities, feature
 settings, spectrogram statistics); ``model.safetensors`` holds the weights (no code runs on
-load). The video-level prediction is the mean of the windows' class probabilities.
+load). Without a run, the built-in speech model shipped in the package is used (``builtin``).
+
+Evidence, not guesses: a window whose own frame shows no face has no visual input, a window
+without speech (``features.has_speech``) no audio input; the missing feature is zero, the
+paper's own mechanism. A window with neither adds nothing to the file's result, and a file in
+which no window has what the model needs gets no emotion (``emotion`` None, with a reason).
+The file's emotion is the mean of its usable windows' class probabilities.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,21 +24,39 @@ import torch
 from .data import host_batch, level_offsets
 from .distributed import resolve_device
 from .evaluate import window_probabilities
-from .features import FeatureSettings
+from .features import FeatureSettings, has_speech
 from .preprocess import make_cropper, process_file
 from .runs import RunError, load_model
-
 
 PREDICT_BATCH = 64  # windows per forward pass
 
 
+@dataclass
+class Windows:
+    """One file's (or stream's) windows, as the networks will see them."""
+
+    starts: np.ndarray  # (n,) seconds
+    faces: np.ndarray | None  # (n, S, S, 3) uint8, None without a video track
+    specs: np.ndarray | None  # (n, n_mels, frames) dB, None without an audio track
+    face: np.ndarray  # (n,) bool: a face was found in the window's own frame
+    speech: np.ndarray  # (n,) bool: the window has speech
+
+
 class Predictor:
-    def __init__(self, run: str | Path, device: str = "auto", windows: int | None = None):
-        """``windows``: how many random windows to look at per file (default: as in training);
-        more gives a denser timeline on long videos, at a proportional cost."""
+    def __init__(self, run: str | Path | None = None, device: str = "auto", windows: int | None = None):
+        """``run``: a run folder, or None for the built-in speech model. ``windows``: how many random
+        windows to look at per file (default: as in training); more gives a denser look at long
+        videos, at a proportional cost."""
         if windows is not None and windows < 1:
             raise RunError(f"windows must be at least 1, not {windows}")
         self.device = resolve_device(device)
+        if run is None:
+            from .builtin import builtin_model_dir
+
+            run = builtin_model_dir()
+            self.description = "built-in speech model, audio only"
+        else:
+            self.description = f"model {run}"
         self.model, card = load_model(run, self.device)
         self.classes: list[str] = card["classes"]
         self.modalities: list[str] = card["modalities"]
@@ -48,48 +73,109 @@ class Predictor:
             self._cropper = make_cropper(self.settings, str(self.device))
         return self._cropper
 
+    # ---- the shared core: windows -> probabilities
+
+    def presence(self, w: Windows) -> tuple[np.ndarray, np.ndarray]:
+        """Per window, whether the model gets visual and audio input (evidence only)."""
+        visual = w.face & (w.faces is not None) & ("visual" in self.modalities)
+        audio = w.speech & (w.specs is not None) & ("audio" in self.modalities)
+        return visual, audio
+
     @torch.no_grad()
-    def predict_file(self, path: str | Path, timeline: bool = False) -> dict:
-        """Raises MediaError for a file that cannot be used (message names the file)."""
-        windows = process_file(path, self.settings, _LazyCropper(self), key=Path(path).name)
-        n = len(windows["starts"])
-        has_video, has_audio = windows["meta"]["has_video"], windows["meta"]["has_audio"]
-        used_video = has_video and "visual" in self.modalities
-        used_audio = has_audio and "audio" in self.modalities
-        if not used_video and not used_audio:
-            raise RunError(f"{path}: has no {' or '.join(self.modalities)} track, which this model needs")
-        faces = windows.get("faces") if "visual" in self.modalities else None
-        specs = windows.get("specs") if "audio" in self.modalities else None
+    def probabilities(self, w: Windows, levels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, C) class probabilities (NaN where a window has nothing the model uses) and the mask
+        of usable windows. ``levels``: each spectrogram's level offset (default: the file's)."""
+        n = len(w.starts)
+        visual, audio = self.presence(w)
+        used = visual | audio
+        probs = np.full((n, len(self.classes)), np.nan, np.float32)
+        rows = np.flatnonzero(used)
+        if not len(rows):
+            return probs, used
+        faces = w.faces if "visual" in self.modalities else None
+        specs = w.specs if "audio" in self.modalities else None
         if "visual" in self.modalities and faces is None:
             faces = np.zeros((n, self.settings.face_size, self.settings.face_size, 3), np.uint8)
         if "audio" in self.modalities and specs is None:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
-        # The file's windows, read like a cache by the evaluation loop (batches: activations stay
-        # small however many windows).
-        levels = level_offsets(specs, self.level) if specs is not None else None
-        reader = SimpleNamespace(read=lambda rows: host_batch(
-            None if faces is None else faces[rows], None if specs is None else specs[rows],
-            np.full(len(rows), used_video), np.full(len(rows), used_audio), self.audio_stats,
-            spec_level=None if levels is None else levels[rows]))  # fmt: skip
-        probs = window_probabilities(self.model, reader, np.arange(n), self.device, PREDICT_BATCH)
-        mean = probs.mean(axis=0)
-        missing = [m for m, used in (("visual", has_video), ("audio", has_audio)) if not used]
-        result = {
-            "file": str(path),
-            "emotion": self.classes[int(mean.argmax())],
-            "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, mean)},
-            "windows": n,
-            "missing": missing,
-            "face_found_rate": float(windows["face_found"].mean()) if has_video else None,
-        }
+        if specs is not None and levels is None:
+            levels = level_offsets(specs, self.level)
+        # The windows, read like a cache by the evaluation loop (batches: activations stay small).
+        reader = SimpleNamespace(read=lambda r: host_batch(
+            None if faces is None else faces[r], None if specs is None else specs[r], visual[r], audio[r], self.audio_stats,
+            spec_level=None if specs is None else levels[r]))  # fmt: skip
+        probs[rows] = window_probabilities(self.model, reader, rows, self.device, PREDICT_BATCH)
+        return probs, used
+
+    # ---- a file
+
+    def windows_of_file(self, path: str | Path, hop: float | None = None) -> tuple[Windows, dict]:
+        """Raises MediaError for a file that cannot be used (its message names the file)."""
+        needs_video = "visual" in self.modalities
+        cropper = _LazyCropper(self) if needs_video else None
+        raw = process_file(path, self.settings, cropper, key=Path(path).name, hop=hop)
+        n = len(raw["starts"])
+        specs = raw.get("specs")
+        faces = raw.get("faces") if needs_video else None
+        w = Windows(starts=raw["starts"], faces=faces, specs=specs,
+                    face=raw["face_found"] if faces is not None else np.zeros(n, bool),
+                    speech=has_speech(specs) if specs is not None else np.zeros(n, bool))  # fmt: skip
+        return w, raw["meta"]
+
+    def predict_file(self, path: str | Path, timeline: bool = False, hop: float | None = None, keep_faces: bool = False):
+        """The file's emotion (None when no window has a face or speech the model can use).
+        ``keep_faces``: also return the windows' face crops in time order (for a plot)."""
+        if hop is not None and hop <= 0:
+            raise RunError(f"--hop must be positive, not {hop}")
+        w, meta = self.windows_of_file(path, hop)
+        probs, used = self.probabilities(w)
+        result = self.summary(str(path), w, probs, used, meta)
         if timeline:
-            order = np.argsort(windows["starts"])
-            result["timeline"] = [
-                {"start": round(float(windows["starts"][i]), 3), "end": round(float(windows["starts"][i] + self.settings.window_seconds), 3),
-                 "emotion": self.classes[int(probs[i].argmax())], "probability": round(float(probs[i].max()), 4)}
-                for i in order
-            ]  # fmt: skip
+            result["timeline"] = self.timeline(w, probs)
+        if keep_faces:
+            return result, None if w.faces is None else w.faces[np.argsort(w.starts, kind="stable")]
         return result
+
+    def summary(self, name: str, w: Windows, probs: np.ndarray, used: np.ndarray, meta: dict) -> dict:
+        has_video, has_audio = bool(meta["has_video"]), bool(meta["has_audio"])
+        result = {
+            "file": name,
+            "model": self.description,
+            "emotion": None,
+            "probabilities": None,
+            "reason": None,
+            "windows": int(len(w.starts)),
+            "windows_used": int(used.sum()),
+            "face_rate": round(float(w.face.mean()), 4) if has_video and len(w.starts) else None,
+            "speech_rate": round(float(w.speech.mean()), 4) if has_audio and len(w.starts) else None,
+            "missing": [m for m, ok in (("visual", has_video), ("audio", has_audio)) if not ok and m in self.modalities],
+        }
+        if used.any():
+            mean = probs[used].mean(axis=0)
+            result["emotion"] = self.classes[int(mean.argmax())]
+            result["probabilities"] = {c: round(float(p), 4) for c, p in zip(self.classes, mean)}
+        else:
+            result["reason"] = self.no_evidence_reason(has_video, has_audio)
+        return result
+
+    def no_evidence_reason(self, has_video: bool, has_audio: bool) -> str:
+        parts = []
+        if "visual" in self.modalities:
+            parts.append("no face was found" if has_video else "it has no video")
+        if "audio" in self.modalities:
+            parts.append("no speech was heard" if has_audio else "it has no audio")
+        return " and ".join(parts) + f" (the {self.description} needs {' or '.join(self.modalities)})"
+
+    def timeline(self, w: Windows, probs: np.ndarray) -> list[dict]:
+        out = []
+        for i in np.argsort(w.starts, kind="stable"):
+            ok = not np.isnan(probs[i, 0])
+            out.append({"start": round(float(w.starts[i]), 3), "end": round(float(w.starts[i] + self.settings.window_seconds), 3),
+                        "emotion": self.classes[int(probs[i].argmax())] if ok else None,
+                        "probability": round(float(probs[i].max()), 4) if ok else None,
+                        "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[i])} if ok else None,
+                        "face": bool(w.face[i]), "speech": bool(w.speech[i])})  # fmt: skip
+        return out
 
 
 class _LazyCropper:

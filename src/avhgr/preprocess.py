@@ -22,19 +22,24 @@ import numpy as np
 from .cache import consolidate, is_done, prepare_cache_dir, write_failure, write_part
 from .datasets import Video
 from .decode import MediaError, probe, read_audio_windows, read_frames_at
-from .features import FeatureSettings, key_frame_times, log_mel, sample_window_starts, video_seed
+from .features import FeatureSettings, key_frame_times, log_mel, regular_window_starts, sample_window_starts, video_seed
 
 
 FRAME_CHUNK = 32  # windows whose key frames (a 1080p frame is 6 MB) or STFTs are held at once
 
 
-def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None) -> dict:
+def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None, hop: float | None = None) -> dict:
     """Windows of one media file: arrays 'starts', 'key_times', 'specs' (if audio), 'faces' and
     'face_found' (if video), and 'meta'. ``key`` names the file in the window seed (default: its
-    name), so windows do not depend on where the dataset lies. Raises MediaError."""
+    name), so windows do not depend on where the dataset lies. ``hop``: windows every ``hop``
+    seconds from 0 over the whole file instead of random ones. ``cropper`` None: no faces (the
+    frames are not even decoded). Raises MediaError."""
     info = probe(path)
-    rng = np.random.default_rng(video_seed(settings.seed, key if key is not None else Path(path).name))
-    starts = sample_window_starts(info.duration, settings.windows, settings.window_seconds, rng)
+    if hop is not None:
+        starts = regular_window_starts(info.duration, hop, settings.window_seconds)
+    else:
+        rng = np.random.default_rng(video_seed(settings.seed, key if key is not None else Path(path).name))
+        starts = sample_window_starts(info.duration, settings.windows, settings.window_seconds, rng)
     key_times = key_frame_times(starts, settings.window_seconds, info.duration)
     result: dict = {"starts": starts, "key_times": key_times}
     has_audio = info.has_audio
@@ -46,7 +51,7 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
             # In chunks: the STFT of one window takes ~1.5 MB, which adds up under `predict --windows`.
             result["specs"] = np.concatenate([log_mel(audio[i : i + FRAME_CHUNK], settings).astype(np.float16)
                                               for i in range(0, len(audio), FRAME_CHUNK)])  # fmt: skip
-    if info.has_video:
+    if info.has_video and cropper is not None:
         result["faces"], result["face_found"] = crop_faces(path, key_times, cropper)
     result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}
     return result

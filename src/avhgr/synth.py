@@ -18,7 +18,7 @@ import numpy as np
 
 _CODECS = {
     ".mp4": ("libx264", "aac"), ".mov": ("libx264", "aac"), ".mkv": ("libx264", "aac"),
-    ".m4v": ("libx264", "aac"), ".avi": ("mpeg4", "pcm_s16le"), ".flv": ("flv", "libmp3lame"),
+    ".m4v": ("libx264", "aac"), ".ts": ("libx264", "aac"), ".avi": ("mpeg4", "pcm_s16le"), ".flv": ("flv", "libmp3lame"),
     ".webm": ("libvpx", "libopus"), ".wav": (None, "pcm_s16le"), ".flac": (None, "flac"),
     ".mp3": (None, "libmp3lame"),
 }  # fmt: skip
