@@ -1,6 +1,7 @@
-"""The three studies in --quick form on a tiny cache: every cell filled, in [0, 1], laid out as asked."""
+"""The three studies in --quick form on a tiny cache: every cell filled from its run, laid out as asked."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -14,6 +15,10 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
+def report(runs, cell):
+    return json.loads((runs / cell / "seed0" / "report.json").read_text())
+
+
 def quick(tiny, name, **kw):
     return StudyOptions.quick(str(tiny / "cache"), str(tiny / f"study_{name}"), device="cpu", batch_size=16, **kw)
 
@@ -23,10 +28,21 @@ def test_stability_quick(tiny):
     res = stability(opt, log=lambda *a: None)
     assert res["rows"] == ["audio only", "visual only", "baseline", "fg (λ = 0.1)", "fg (λ = 1)", "fgh (λ = 0.1)", "fgh (λ = 1)"]
     assert res["columns"] == ["1 fusion layer", "2 fusion layers"]
-    assert all(0 <= v <= 1 for row in res["mean"] for v in row)
+    runs = tiny / "study_stability" / "runs"
+    # Every cell of the table is its run's test accuracy (one seed: the mean is that run's).
+    cells = {("audio only", ""): "audio", ("visual only", ""): "visual", ("baseline", "1"): "baseline_L1", ("baseline", "2"): "baseline_L2",
+             ("fgh (λ = 1)", "2"): "fgh_lam1_L2", ("fg (λ = 0.1)", "1"): "fg_lam0.1_L1"}  # fmt: skip
     rows = read_csv(tiny / "study_stability" / "stability.csv")
     assert len(rows) == 2 + 5 * 2  # unimodal rows once, each joint method per layer count
-    assert all(r["mean"] != "" and 0 <= float(r["mean"]) <= 1 for r in rows)
+    by_key = {(r["method"], r["fusion_layers"]): float(r["mean"]) for r in rows}
+    for key, cell in cells.items():
+        assert by_key[key] == pytest.approx(report(runs, cell)["video_accuracy"], abs=1e-6), key
+    assert res["mean"][2] == pytest.approx([by_key[("baseline", "1")], by_key[("baseline", "2")]], abs=1e-6)
+    # The unimodal rows test the base run's stage-1 networks, not networks of their own.
+    from safetensors.torch import load_file
+
+    base, visual = load_file(str(runs / "baseline_L1" / "seed0" / "stage1_visual.safetensors")), load_file(str(runs / "visual" / "seed0" / "model.safetensors"))
+    assert base.keys() == visual.keys() and all((base[k] == visual[k]).all() for k in base)
     md = (tiny / "study_stability" / "stability.md").read_text()
     assert md.count("\n| ") == 1 + 7 and "| fgh (λ = 1) |" in md
     assert (tiny / "study_stability" / "stability.png").stat().st_size > 1000
@@ -56,10 +72,16 @@ def test_missing_quick(tiny):
     rows = res["rows"]
     assert len(rows) == 3 * 3 * 3
     assert {(r["method"], r["scenario"]) for r in rows} == {(m, s) for m in ("baseline", "fg", "fgh") for s in ("audio", "visual", "both")}
-    assert all(0 <= r["mean"] <= 1 for r in rows)
-    # At rate 0 every scenario is the same full-modality evaluation.
-    for m in ("baseline", "fg", "fgh"):
-        assert len({r["mean"] for r in rows if r["method"] == m and r["rate"] == 0.0}) == 1
+    # At rate 0 every scenario is the run's own test; at rate 1 every test video misses the modality.
+    runs = tiny / "study_missing" / "runs"
+    for m, cell in (("baseline", "base"), ("fg", "fg_lam1_L2"), ("fgh", "fgh_lam1_L2")):
+        at_zero = [r["mean"] for r in rows if r["method"] == m and r["rate"] == 0.0]
+        assert at_zero == pytest.approx([report(runs, cell)["video_accuracy"]] * 3, abs=1e-6)
+    from avhgr.evaluate import evaluate_run
+
+    gone = evaluate_run(runs / "fgh_lam1_L2" / "seed0", missing="visual", rate=1.0, device="cpu")
+    assert gone["videos_missing"] == 6
+    assert next(r["mean"] for r in rows if (r["method"], r["scenario"], r["rate"]) == ("fgh", "visual", 1.0)) == pytest.approx(gone["video_accuracy"], abs=1e-6)
     assert (tiny / "study_missing" / "missing.png").exists() and len(read_csv(tiny / "study_missing" / "missing.csv")) == 27
     # Three models per seed were trained, not one per rate.
     assert len(list((tiny / "study_missing" / "runs").glob("*/seed0/report.json"))) == 3
@@ -69,7 +91,15 @@ def test_semi_quick(tiny):
     res = semi(quick(tiny, "semi", fractions=(0.5, 1.0), lams=(1.0,)), log=lambda *a: None)
     assert res["rows"] == ["audio", "visual", "baseline", "fg (λ = 1)", "fgh (λ = 1)"]
     assert res["columns"] == ["50 % labelled", "100 % labelled"]
-    assert len(res["table"]) == 10 and all(0 <= r["mean"] <= 1 for r in res["table"])
+    assert len(res["table"]) == 10
+    runs = tiny / "study_semi" / "runs"
+    for r in res["table"]:
+        cell = {"audio": "audio", "visual": "visual", "baseline": "baseline"}.get(r["method"], r["method"].split(" ")[0] + "_lam1")
+        assert r["mean"] == pytest.approx(report(runs, f"p{r['labeled_fraction']:g}_{cell}")["video_accuracy"], abs=1e-6), r
+    # Half the labels: 2 of the 3 training videos of each class keep theirs (rounded up), in every cell of that fraction.
+    for cell in ("p0.5_baseline", "p0.5_fgh_lam1"):
+        split = json.loads((runs / cell / "seed0" / "split.json").read_text())
+        assert sum(e["labeled"] for e in split["train"]) == 12 and len(split["train"]) == 18
     md = (tiny / "study_semi" / "semi.md").read_text()
     assert "| fgh (λ = 1) |" in md and "50 % labelled" in md
 

@@ -317,6 +317,7 @@ def study(
     backbone: Optional[str] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
     pretrained: str = typer.Option("none"),
     split: str = typer.Option("random", help="random or actor."),
+    recipe: str = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
     layers: Optional[str] = typer.Option(None, help="Fusion layers, e.g. 1,2,4."),
     lams: Optional[str] = typer.Option(None, help="λ values, e.g. 0.01,0.1,1,10."),
     rates: Optional[str] = typer.Option(None, help="missing: rates, e.g. 0,0.2,0.5,0.8."),
@@ -335,7 +336,7 @@ def study(
         layers=tuple(int(x) for x in layers.split(",")) if layers else None, lams=_floats(lams) if lams else None,
         rates=_floats(rates) if rates else None, fractions=_floats(fractions) if fractions else None,
     ).items() if v is not None}  # fmt: skip
-    common = dict(seed=seed, pretrained=pretrained, split=split, device=device)
+    common = dict(seed=seed, pretrained=pretrained, split=split, device=device, recipe=recipe)
     opt = StudyOptions.quick(str(cache), str(out), **common, **given) if quick else StudyOptions(str(cache), str(out), **common, **given)
     out.mkdir(parents=True, exist_ok=True)
     try:

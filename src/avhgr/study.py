@@ -47,6 +47,7 @@ class StudyOptions:
     pretrained: str = "none"
     split: str = "random"
     device: str = "auto"
+    recipe: str = "avhgr"  # or "paper": the paper's literal settings (see TrainConfig)
     layers: tuple[int, ...] = PAPER_LAYERS
     lams: tuple[float, ...] = PAPER_LAMS
     rates: tuple[float, ...] = PAPER_RATES
@@ -63,7 +64,7 @@ class StudyOptions:
         return TrainConfig(
             cache=self.cache, out=str(Path(self.out) / "runs" / folder / f"seed{seed}"), epochs=self.epochs,
             pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-            backbone=self.backbone, pretrained=self.pretrained, split=self.split, device=self.device, **kw,
+            backbone=self.backbone, pretrained=self.pretrained, split=self.split, device=self.device, recipe=self.recipe, **kw,
         )  # fmt: skip
 
     @property
@@ -238,7 +239,7 @@ def semi(opt: StudyOptions, log=print) -> dict:
 
 
 def _settings_line(opt: StudyOptions) -> str:
-    return (f"Settings: cache `{Path(opt.cache).name}`, {opt.backbone}, {opt.epochs} epochs "
+    return (f"Settings: cache `{Path(opt.cache).name}`, recipe {opt.recipe}, {opt.backbone}, {opt.epochs} epochs "
             f"(stage 1: {opt.pretrain_epochs if opt.pretrain_epochs is not None else opt.epochs}), batch {opt.batch_size}, "
             f"lr {opt.lr:g}, {opt.split} split, seeds {opt.seeds}")  # fmt: skip
 
