@@ -29,7 +29,7 @@ from torch import nn
 from torchvision import models as tv
 
 from avhgr.cache import Cache
-from avhgr.data import device_batches, host_batch, windows_of
+from avhgr.data import device_batches, host_batch
 from avhgr.models import AVHGRModel
 from avhgr.train import Session, Stage, TrainConfig, prepare, train_epoch, train_step
 
@@ -139,7 +139,7 @@ def main() -> None:
         cfg = TrainConfig(cache=args.cache, out=tmp, backbone=backbone, batch_size=bs, device=args.device, epochs=1, recipe=args.recipe)
         s = Session(cfg)
         torch.manual_seed(0)
-        train_windows = windows_of(cache, s.split["train"])
+        train_windows = s.reader.windows(s.split["train"])
         stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", corr_stage=True)
         model, train_model, opt = prepare(s, stage)
         batch = s.reader.read(train_windows[:bs], s.labeled).to(device, s.channels_last)

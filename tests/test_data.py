@@ -9,7 +9,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from avhgr.data import IMAGENET_MEAN, IMAGENET_STD, device_batches, host_batch
 from avhgr.models import AVHGRModel
-from avhgr.losses import joint_objective
 
 
 def raw_windows(n=5, size=8, seed=0):
@@ -94,23 +93,29 @@ def test_training_step_never_waits_for_the_device():
     """On the "meta" device values are unknown, so anything that would make the host wait
     for a GPU (.item(), bool(tensor), indexing with a device boolean mask) raises; and a
     copy between host and device that is not asynchronous waits for the GPU too. The joint
-    step runs there from a host batch, with rows missing a modality and the
-    semi-supervised labelled mask: no host sync in the step."""
+    step (the trainer's own train_step: augmentation, standardised features, AdamW) runs there
+    from a host batch, with rows missing a modality, level offsets and the semi-supervised
+    labelled mask: no host sync in the step."""
+    from types import SimpleNamespace
+
+    from avhgr.distributed import DistInfo
+    from avhgr.train import Stage, TrainConfig, train_step
+
     faces, specs = raw_windows(n=8, size=32)
     specs = np.repeat(np.repeat(specs, 5, 1), 5, 2)[:, :32, :32]
     visual_present = np.array([True, True, False, True, True, True, True, True])
     host = host_batch(faces, specs, visual_present, np.ones(8, bool), (0.0, 1.0), labels=np.arange(8) % 6,
-                      labeled=np.arange(8) % 2 == 0)  # fmt: skip
-    model = AVHGRModel(6, "resnet18").to("meta")
-    opt = torch.optim.Adam(model.parameters())
+                      labeled=np.arange(8) % 2 == 0, spec_level=np.full(8, -20.0))  # fmt: skip
+    model = AVHGRModel(6, "resnet18", feature_norm="batch").to("meta")
+    cfg = TrainConfig(cache="c", out="o", labeled_fraction=0.5)  # the default recipe: augmentation, AdamW
+    session = SimpleNamespace(device=torch.device("meta"), amp=False, cfg=cfg, dist=DistInfo())
+    stage = Stage("stage2", model, [], 1, 10, "fgh", corr_stage=True)
+    opt = torch.optim.AdamW([p for p in model.parameters()], weight_decay=cfg.weight_decay)
     host.to("meta")  # once-per-device constants are made on the first batch
     with CrossDeviceCopies() as copies:
         batch = host.to("meta")
-        out = model(batch)
-        loss, _, _ = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, "fgh", 1.0, semi=True)
-        loss.backward()
-        opt.step()
-    assert loss.device.type == "meta"
+        losses = train_step(session, stage, model, opt, batch, lam=0.5)
+    assert losses.device.type == "meta"
     assert copies.blocking == []
     with pytest.raises(RuntimeError):  # the premise: a sync on meta does fail
         bool(batch.labeled.any())

@@ -173,3 +173,21 @@ def test_weighted_soft_hgr_equals_soft_hgr_of_the_marked_rows(marked):
     assert (grads[0][~weight] == 0).all()
     with pytest.raises(ValueError, match="weight"):
         soft_hgr(u, v, torch.ones(9))
+
+
+def test_rows_missing_an_input_leave_its_correlation_terms():
+    """A missing input's feature is zero: the terms that involve it use only the rows that have it
+    (and, for h, a label), exactly as if the others were not in the batch."""
+    torch.manual_seed(2)
+    f, g, h = torch.randn(10, 4), torch.randn(10, 4), torch.randn(10, 4)
+    visual = torch.tensor([1, 1, 1, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float32)
+    audio = torch.tensor([1, 0, 1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.float32)
+    labeled = torch.tensor([1, 1, 0, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    f, g = f * visual[:, None], g * audio[:, None]  # as the model gives them
+    got = correlation_loss(f, g, h, labeled=labeled, visual=visual, audio=audio)
+    v, a = visual.bool(), audio.bool()
+    expected = -(soft_hgr(f[v & a], g[v & a]) + soft_hgr(f[v & labeled], h[v & labeled]) + soft_hgr(g[a & labeled], h[a & labeled]))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() != pytest.approx(correlation_loss(f, g, h, labeled=labeled).item(), rel=1e-3)  # the zeros would count
+    every = torch.ones(10)
+    assert correlation_loss(f, g, h, visual=every, audio=every).item() == pytest.approx(correlation_loss(f, g, h).item(), rel=1e-6)

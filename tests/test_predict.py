@@ -105,7 +105,15 @@ def test_hop_timeline_covers_the_file_and_plots(model, media, tmp_path):
 
 def test_watch_on_a_stream_from_stdin_matches_predict_hop(model, tmp_path):
     """An MPEG-TS stream piped through standard input gives, window for window, what predict
-    --hop gives on the same file."""
+    --hop gives on the same file. (With spectrograms levelled per window: a live stream's
+    recording level can only be the level heard so far, predict's is the whole file's.)"""
+    import shutil
+
+    levelled = tmp_path / "run"
+    shutil.copytree(model, levelled)
+    card = json.loads((levelled / "model.json").read_text())
+    (levelled / "model.json").write_text(json.dumps({**card, "level": "window"}))
+    model = levelled
     ts = write_media(tmp_path / "stream.ts", face_frames(40, drift=15), 10, voice(4.0))
     with ts.open("rb") as fh:
         live = subprocess.run([*CLI, "watch", "-", "--model", str(model), "--json", "--hop", "0.5", "--device", "cpu"],
@@ -113,8 +121,8 @@ def test_watch_on_a_stream_from_stdin_matches_predict_hop(model, tmp_path):
     assert live.returncode == 0, live.stderr
     windows = [json.loads(line) for line in live.stdout.splitlines()]
     offline = Predictor(model, device="cpu").predict_file(ts, timeline=True, hop=0.5)["timeline"]
-    assert len(windows) >= 6 and abs(len(windows) - len(offline)) <= 1
+    assert len(windows) >= 6 and abs(len(windows) - len(offline)) <= 1  # the stream's end may count one window more or less
     for a, b in zip(windows, offline):
         assert a["start"] == b["start"] and (a["face"], a["speech"]) == (b["face"], b["speech"])
         assert a["emotion"] == b["emotion"]
-        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=2e-3)
+        np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)

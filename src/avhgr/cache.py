@@ -32,7 +32,9 @@ import numpy as np
 from .datasets import Video
 
 CACHE_VERSION = 1
-_CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "spectrograms.npy", "report.json", "COMPLETE")
+# The last one is derived from the others by data.spectrogram_facts.
+_CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "spectrograms.npy", "report.json", "COMPLETE",
+                "spectrogram_facts.npz")  # fmt: skip
 WINDOW_FIELDS = (
     "video", "window", "start", "key_time", "label", "label_idx", "subject",
     "face_found", "has_audio", "has_video", "face_row", "spec_row",

@@ -96,7 +96,7 @@ def train(
     backbone: str = typer.Option("resnet50", help="resnet18 | resnet34 | resnet50 | resnet101"),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
-    split: str = typer.Option("random", help="random (70/15/15 by video, the paper) or actor (actor-disjoint)."),
+    split: str = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
     fold: Optional[int] = typer.Option(None, help="With --split actor: this fold of a leave-subjects-out cross-validation."),
     folds: int = typer.Option(6, help="Folds of that cross-validation (the subjects in that many groups)."),
     labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
@@ -115,6 +115,7 @@ def train(
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
     face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
     level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
+    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .cache import CacheError
@@ -130,7 +131,7 @@ def train(
             split=split, fold=fold, folds=folds, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
             keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, stage2_lr=stage2_lr,
             weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
-            face_augment=face_augment, level=level,
+            face_augment=face_augment, level=level, evidence=evidence,
         )  # fmt: skip
         result = run_training(cfg, runs, resume, progress=True)
     except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:
@@ -139,6 +140,8 @@ def train(
         return
     if runs > 1:
         typer.echo(f"test video accuracy over {runs} seeds: {mean_std(result['video_accuracy'])} %  ({out / 'summary.json'})")
+    elif result["video_accuracy"] is None:
+        typer.echo(f"trained on every video (--split all, the last epoch kept): no test set  ({out / 'model.safetensors'})")
     else:
         typer.echo(f"test video accuracy {100 * result['video_accuracy']:.2f} % on {result['videos']} videos  ({out / 'report.json'})")
 
@@ -271,7 +274,7 @@ def watch(
         elif w["emotion"] is None:
             typer.echo(f"{w['start']:8.2f}-{w['end']:.2f} s  (no face, no speech)")
         else:
-            cues = ", ".join(name for name in ("face", "speech") if w[name])
+            cues = ", ".join(name for name in ("face", "speech") if w[name]) or "-"
             typer.echo(f"{w['start']:8.2f}-{w['end']:.2f} s  {w['emotion']:10s} {100 * w['probability']:3.0f} %  ({cues})")
 
     if not json_out:

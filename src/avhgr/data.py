@@ -8,6 +8,7 @@ Splits are by video, never by window, and stratified by label:
 
 from __future__ import annotations
 
+import io
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,12 +20,14 @@ import numpy as np
 import torch
 
 from .cache import Cache
-from .features import has_speech
+from .features import SPEECH_FLATNESS, SPEECH_LEVEL_DB, SPEECH_SHARE, has_speech
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREFETCH = 4  # batches read ahead of the one being computed
 LEVELS = ("absolute", "recording", "window")
+FACTS_FILE = "spectrogram_facts.npz"
+FACTS_VERSION = f"1:{SPEECH_LEVEL_DB}:{SPEECH_FLATNESS}:{SPEECH_SHARE}:p95"  # computed again when these change
 
 
 def split_videos(
@@ -36,6 +39,8 @@ def split_videos(
     of folds 0 .. folds-1 partition the subjects (leave-subjects-out cross-validation)."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    if method == "all":  # a final model, once cross-validation has chosen the settings
+        return {"train": sorted(labels), "val": [], "test": []}
     if method == "random":
         for label in sorted(set(labels.values())):
             vids = sorted(v for v, l in labels.items() if l == label)
@@ -63,7 +68,7 @@ def split_videos(
         for v in sorted(labels):
             parts[group[subjects[v]]].append(v)
     else:
-        raise ValueError(f"unknown split {method!r}: random or actor")
+        raise ValueError(f"unknown split {method!r}: random, actor or all")
     if fold is not None and method != "actor":
         raise ValueError("--fold needs --split actor")
     return {k: sorted(v) for k, v in parts.items()}
@@ -96,6 +101,7 @@ class Batch:
     labeled: torch.Tensor  # (n,) bool
     video: torch.Tensor  # (n,) long
     rows_per_rank: tuple[int, ...] | None = None  # under DDP: every process's share of the global batch
+    presence: torch.Tensor | None = None  # (n, 2) float on the device: visual, audio present (weights of L_corr)
 
 
 @dataclass
@@ -113,13 +119,15 @@ class HostBatch:
     video: torch.Tensor
     audio_stats: tuple[float, float]
     spec_level: torch.Tensor | None = None  # (n,) dB subtracted from each spectrogram first (``level``)
+    presence: torch.Tensor | None = None  # (n, 2) float: the masks again, to cross to the device
     rows_per_rank: tuple[int, ...] | None = None
 
     def pin_memory(self) -> "HostBatch":
         """Page-locked copies, so that copies to a GPU run asynchronously."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         return replace(self, faces=pin(self.faces), specs=pin(self.specs), labels=pin(self.labels),
-                       labeled=pin(self.labeled), video=pin(self.video), spec_level=pin(self.spec_level))  # fmt: skip
+                       labeled=pin(self.labeled), video=pin(self.video), spec_level=pin(self.spec_level),
+                       presence=pin(self.presence))  # fmt: skip
 
     def to(self, device, channels_last: bool = False) -> Batch:
         """Copy to ``device`` (asynchronously from pinned memory) and normalise there: faces
@@ -143,7 +151,7 @@ class HostBatch:
             audio = _zero_absent((specs - self.audio_stats[0]) / self.audio_stats[1], self.audio_present)[:, None]
         return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
                      labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
-                     rows_per_rank=self.rows_per_rank)  # fmt: skip
+                     rows_per_rank=self.rows_per_rank, presence=None if self.presence is None else move(self.presence))  # fmt: skip
 
 
 def _zero_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -210,29 +218,44 @@ def level_offsets(specs: np.ndarray, level: str) -> np.ndarray:
     return np.full(len(x), np.percentile(x, 95), np.float32)
 
 
-def spectrogram_levels(cache: Cache, level: str) -> np.ndarray:
-    """``level_offsets`` of every window of the cache, each video as one recording."""
+def spectrogram_facts(cache: Cache) -> dict[str, np.ndarray]:
+    """Per window of the cache: ``speech`` (``features.has_speech``), ``window`` and ``recording``
+    (its own and its video's level, ``level_offsets``); 0 / False without audio. One pass over
+    the spectrograms, kept beside the cache (``spectrogram_facts.npz``) for the next run."""
+    from .cache import atomic_write_bytes
+
+    path = cache.root / FACTS_FILE
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["version"]) == FACTS_VERSION and len(z["speech"]) == cache.num_windows:
+                return {k: z[k] for k in ("speech", "window", "recording")}
     w = cache.windows
-    out = np.zeros(len(w["video"]), dtype=np.float32)
-    if level == "absolute":
-        return out
+    facts = {"speech": np.zeros(cache.num_windows, bool), "window": np.zeros(cache.num_windows, np.float32),
+             "recording": np.zeros(cache.num_windows, np.float32)}  # fmt: skip
     with_audio = np.flatnonzero(w["spec_row"] >= 0)
     order = with_audio[np.argsort(w["video"][with_audio], kind="stable")]
     for group in np.split(order, np.flatnonzero(np.diff(w["video"][order])) + 1):
         if len(group):
-            out[group] = level_offsets(_gather(cache.spectrograms, w["spec_row"][group]), level)
-    return out
+            specs = _gather(cache.spectrograms, w["spec_row"][group])
+            facts["speech"][group] = has_speech(specs)
+            facts["window"][group] = level_offsets(specs, "window")
+            facts["recording"][group] = level_offsets(specs, "recording")
+    buf = io.BytesIO()
+    np.savez(buf, version=np.array(FACTS_VERSION), **facts)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError:  # a read-only cache: computed again next time
+        pass
+    return facts
 
 
-def speech_windows(cache: Cache) -> np.ndarray:
-    """Per window of the cache, whether its spectrogram has speech (``features.has_speech``)."""
-    rows = cache.windows["spec_row"]
-    out = np.zeros(len(rows), dtype=bool)
-    with_audio = np.flatnonzero(rows >= 0)
-    for i in range(0, len(with_audio), 1024):
-        part = with_audio[i : i + 1024]
-        out[part] = has_speech(_gather(cache.spectrograms, rows[part]))
-    return out
+def spectrogram_levels(cache: Cache, level: str) -> np.ndarray:
+    """``level_offsets`` of every window of the cache, each video as one recording."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if level == "absolute":
+        return np.zeros(cache.num_windows, np.float32)
+    return spectrogram_facts(cache)[level]
 
 
 def draw_windows(cache: Cache, windows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -267,7 +290,7 @@ class WindowReader:
         self.present = {"visual": self.face_row >= 0, "audio": self.spec_row >= 0}
         if evidence:
             self.present["visual"] = self.present["visual"] & (w["face_found"] == 1)
-            self.present["audio"] = self.present["audio"] & speech_windows(cache)
+            self.present["audio"] = self.present["audio"] & spectrogram_facts(cache)["speech"]
 
     def windows(self, videos: list[int], modalities: tuple[str, ...] | None = None) -> np.ndarray:
         """The windows of ``videos`` that have at least one of ``modalities`` (default: this
@@ -328,6 +351,7 @@ def host_batch(
         video=tensor(videos if videos is not None else zeros, np.int64),
         audio_stats=audio_stats,
         spec_level=None if spec_level is None else tensor(spec_level, np.float32),
+        presence=tensor(np.stack([visual_present, audio_present], axis=1), np.float32),
     )  # fmt: skip
 
 
@@ -348,14 +372,3 @@ def _gather(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
     out[order] = array[rows[order]]
     return out
-
-
-def windows_of(cache: Cache, videos: list[int], modalities: tuple[str, ...] | None = None) -> np.ndarray:
-    """Indices of the windows of ``videos``; with ``modalities``, only those that have at least one
-    of them (a model's ``modalities``: a visual network needs a face, the joint model either input)."""
-    w = cache.windows
-    mask = np.isin(w["video"], videos)
-    if modalities is not None:
-        has = {"visual": w["face_row"] >= 0, "audio": w["spec_row"] >= 0}
-        mask &= np.logical_or.reduce([has[m] for m in modalities])
-    return np.flatnonzero(mask)

@@ -95,6 +95,9 @@ def metrics(probs: np.ndarray, windows: np.ndarray, cache: Cache, videos: list[i
 def evaluate_videos(model, reader: WindowReader, cache: Cache, videos: list[int], device, batch_size=256, drop=None, amp=False) -> dict:
     """Metrics of ``model`` on ``videos``, with each prediction's path and class names."""
     windows = reader.windows(videos, model.modalities)
+    if drop:  # a window left with neither input by the drop adds nothing, as one without evidence
+        gone = {m: np.array([drop.get(int(v)) == m for v in cache.windows["video"][windows]], dtype=bool) for m in model.modalities}
+        windows = windows[np.logical_or.reduce([reader.present[m][windows] & ~gone[m] for m in model.modalities])]
     m = metrics(window_probabilities(model, reader, windows, device, batch_size, drop, amp), windows, cache, videos)
     names = {v["id"]: v["path"] for v in cache.videos}
     for p in m["predictions"]:
@@ -128,8 +131,12 @@ def ids_of_test_videos(run: RunFolder, data: Cache) -> list[int]:
     if absent:
         raise RunError(f"{data.root}: {len(absent)} of the run's {len(wanted)} test videos are not in this cache "
                        f"(e.g. {absent[0]}); evaluate on the cache the run was trained on, or one made from the same videos")  # fmt: skip
-    if list(data.classes) != list(run.config().get("cache_settings", {}).get("classes", data.classes)):
+    made_with = run.config().get("cache_settings", {})
+    if list(data.classes) != list(made_with.get("classes", data.classes)):
         raise RunError(f"{data.root}: its classes {data.classes} are not the run's")
+    if "features" in made_with and data.settings["features"] != made_with["features"]:
+        differ = [k for k in made_with["features"] if data.settings["features"].get(k) != made_with["features"][k]]
+        raise RunError(f"{data.root}: made with other feature settings than the run's cache ({', '.join(differ)})")
     return [ids[p] for p in wanted]
 
 

@@ -91,11 +91,12 @@ def log_mel(windows: np.ndarray, s: FeatureSettings = FeatureSettings()) -> np.n
 # Speech detection on the log-Mel spectrogram itself, so that training (from a cache of any age),
 # prediction and live streams decide alike. A frame is voice-like when its Mel power, summed over
 # the bands, is above SPEECH_LEVEL_DB (in this spectrogram's dB: power of samples in [-1, 1]
-# through librosa's Slaney-normalised filters; RAVDESS speech frames lie around -5 to +15, its
+# through librosa's Slaney-normalised filters; RAVDESS speech frames lie around -5 to +15 and a
+# voice peaking at -50 dBFS near -10; its
 # pauses below -30) and its spectral flatness over the bands is below SPEECH_FLATNESS (tonal:
 # voiced speech; hiss, hum-free noise and digital silence are flat). A window has speech when at
 # least SPEECH_SHARE of its frames are voice-like (50 ms of a 0.5 s window).
-SPEECH_LEVEL_DB = -25.0
+SPEECH_LEVEL_DB = -15.0
 SPEECH_FLATNESS = 0.25
 SPEECH_SHARE = 0.1
 

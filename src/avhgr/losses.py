@@ -65,22 +65,36 @@ def _no_autocast(device_type: str):
     return nullcontext()  # a device without autocast (e.g. "meta") runs in its inputs' precision
 
 
-def correlation_loss(f: Tensor, g: Tensor, h: Tensor | None = None, labeled: Tensor | None = None) -> Tensor:
+def correlation_loss(f: Tensor, g: Tensor, h: Tensor | None = None, labeled: Tensor | None = None,
+                     visual: Tensor | None = None, audio: Tensor | None = None) -> Tensor:  # fmt: skip
     """The paper's correlation loss, to be minimised.
 
     Without h: L_fg = -H(f, g). With h: L_fgh = -[H(f, g) + H(f, h) + H(g, h)].
     ``labeled`` (bool, length n) marks the rows whose label is known: H(f, g) uses every
     row, the two h terms only the labelled ones, and they are 0 when fewer than two rows
-    are labelled (the semi-supervised setting of method.md).
+    are labelled (the semi-supervised setting of method.md). ``visual`` and ``audio`` (0/1,
+    length n) mark the rows that have each input: a term uses only rows that have both of its
+    features (a missing input's zero feature says nothing about what the two share).
     """
-    total = soft_hgr(f, g)
+    n = f.shape[0]
+    for name, mask in (("labeled", labeled), ("visual", visual), ("audio", audio)):
+        if mask is not None and mask.shape != (n,):
+            raise ValueError(f"{name} mask must have shape ({n},), got {tuple(mask.shape)}")
+    total = soft_hgr(f, g, _rows(visual, audio))
     if h is None:
         return -total
-    if labeled is not None:
-        if labeled.shape != (f.shape[0],):
-            raise ValueError(f"labeled mask must have shape ({f.shape[0]},), got {tuple(labeled.shape)}")
-        return -(total + soft_hgr(f, h, labeled) + soft_hgr(g, h, labeled))
-    return -(total + soft_hgr(f, h) + soft_hgr(g, h))
+    return -(total + soft_hgr(f, h, _rows(visual, labeled)) + soft_hgr(g, h, _rows(audio, labeled)))
+
+
+def _rows(*masks: Tensor | None) -> Tensor | None:
+    """The rows all given masks mark, as 0/1 weights (None: every row)."""
+    given = [m.float() for m in masks if m is not None]
+    if not given:
+        return None
+    out = given[0]
+    for m in given[1:]:
+        out = out * m
+    return out
 
 
 def joint_objective(
@@ -95,6 +109,7 @@ def joint_objective(
     semi: bool = False,
     info: DistInfo = DistInfo(),
     rows_per_rank: tuple[int, ...] | None = None,
+    presence: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """CE over the labelled rows + λ·L_corr over the global batch. Returns (loss to
     backpropagate, this rank's share of the mean CE, L_corr).
@@ -103,7 +118,8 @@ def joint_objective(
     gathered with their gradients, so Soft-HGR sees the global batch, and the CE share is
     scaled by the world size, so that the gradients DDP averages equal those of one process
     holding the whole batch. With one process both steps do nothing. ``rows_per_rank``: each
-    rank's share of the global batch, where the shares differ.
+    rank's share of the global batch, where the shares differ. ``presence`` (n, 2): which rows
+    have visual and audio input (see ``correlation_loss``).
     """
     per_row = F.cross_entropy(logits.float(), labels, reduction="none") * labeled
     n_labeled = all_sum(labeled.sum().float(), info).clamp(min=1)  # no host sync
@@ -114,6 +130,10 @@ def joint_objective(
     if f is None or g is None or (corr == "fgh" and h is None):
         raise ValueError(f"--corr {corr} needs the features f, g{', h' if corr == 'fgh' else ''} of a joint model")
     gather = lambda x: gather_rows(x, info, rows_per_rank)  # noqa: E731
-    mask = gather(labeled.float()).detach() > 0.5 if semi else None
-    c = correlation_loss(gather(f), gather(g), gather(h) if corr == "fgh" else None, labeled=mask)
+    mask = gather(labeled.float()).detach() if semi else None
+    visual = audio = None
+    if presence is not None:
+        both = gather(presence.float()).detach()
+        visual, audio = both[:, 0], both[:, 1]
+    c = correlation_loss(gather(f), gather(g), gather(h) if corr == "fgh" else None, labeled=mask, visual=visual, audio=audio)
     return loss + lam * c, ce_share, c

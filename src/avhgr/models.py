@@ -201,7 +201,9 @@ class AVHGRModel(nn.Module):
     def _normalise(self, modality: str, feats: Tensor) -> Tensor:
         if self.feature_norm == "batch":
             norm = self.norm[modality]
-            if norm.training and feats.shape[0] < 2:  # one row has no batch statistics: the running ones
+            # One row has no batch statistics: the running ones. Never under SyncBatchNorm (DDP on
+            # GPUs), whose statistics are the global batch's and whose call is a collective.
+            if norm.training and feats.shape[0] < 2 and not isinstance(norm, nn.SyncBatchNorm):
                 return F.batch_norm(feats, norm.running_mean, norm.running_var, training=False, eps=norm.eps) / FEATURE_DIM**0.5
             return norm(feats) / FEATURE_DIM**0.5
         if self.feature_norm == "rescale":

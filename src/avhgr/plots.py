@@ -132,10 +132,10 @@ def timeline_png(timeline: list[dict], classes: list[str], out: str | Path, titl
     for k, c in enumerate(classes):
         ax.plot(centres, probs[:, k], marker="o", ms=3, lw=1.6, color=colours(k % 10), label=c)
     end = max((w["end"] for w in timeline), default=window_seconds)
-    for w in timeline:  # shade, per window, what was missing
-        if not w["face"]:
+    for w in timeline:  # shade, per window, what was missing (None: the model does not use it)
+        if w["face"] is False:
             ax.axvspan(w["start"], w["end"], ymin=0.5, ymax=1.0, color="0.85", lw=0, zorder=0)
-        if not w["speech"]:
+        if w["speech"] is False:
             ax.axvspan(w["start"], w["end"], ymin=0.0, ymax=0.5, color="#f2d7d5", lw=0, zorder=0)
     from matplotlib.patches import Patch
 

@@ -7,7 +7,8 @@ load). Without a run, the built-in speech model shipped in the package is used (
 
 Evidence, not guesses: a window whose own frame shows no face has no visual input, a window
 without speech (``features.has_speech``) no audio input; the missing feature is zero, the
-paper's own mechanism. A window with neither adds nothing to the file's result, and a file in
+paper's own mechanism. This holds for every model, also one trained without ``evidence`` (the
+paper's recipe), whose ``avhgr evaluate`` follows its training instead. A window with neither adds nothing to the file's result, and a file in
 which no window has what the model needs gets no emotion (``emotion`` None, with a reason).
 The file's emotion is the mean of its usable windows' class probabilities.
 """
@@ -146,8 +147,9 @@ class Predictor:
             "reason": None,
             "windows": int(len(w.starts)),
             "windows_used": int(used.sum()),
-            "face_rate": round(float(w.face.mean()), 4) if has_video and len(w.starts) else None,
-            "speech_rate": round(float(w.speech.mean()), 4) if has_audio and len(w.starts) else None,
+            # None where the model has no network for it (the built-in model never looks for faces)
+            "face_rate": round(float(w.face.mean()), 4) if has_video and len(w.starts) and "visual" in self.modalities else None,
+            "speech_rate": round(float(w.speech.mean()), 4) if has_audio and len(w.starts) and "audio" in self.modalities else None,
             "missing": [m for m, ok in (("visual", has_video), ("audio", has_audio)) if not ok and m in self.modalities],
         }
         if used.any():
@@ -174,7 +176,8 @@ class Predictor:
                         "emotion": self.classes[int(probs[i].argmax())] if ok else None,
                         "probability": round(float(probs[i].max()), 4) if ok else None,
                         "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[i])} if ok else None,
-                        "face": bool(w.face[i]), "speech": bool(w.speech[i])})  # fmt: skip
+                        "face": bool(w.face[i]) if "visual" in self.modalities else None,
+                        "speech": bool(w.speech[i]) if "audio" in self.modalities else None})  # fmt: skip
         return out
 
 

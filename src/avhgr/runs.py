@@ -132,6 +132,8 @@ class RunFolder:
                 raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
             old = self.config()
             free = dict.fromkeys(RESUME_FREE)
+            if old.get("cache_settings") != settings.get("cache_settings"):
+                raise RunError(f"{self.path}: --resume on a cache made with other settings than the run was started with")
             if {**old["train"], **free} != {**settings["train"], **free}:
                 changed = sorted(k for k in set(old["train"]) | set(settings["train"])
                                  if k not in RESUME_FREE and old["train"].get(k) != settings["train"].get(k))  # fmt: skip
@@ -197,7 +199,8 @@ class RunFolder:
             return
         save_weights(model, self.file("model.safetensors"))
         atomic_write_text(self.file("model.json"), json.dumps(card, indent=2))
-        write_report_files(self.path, report, report["classes"])
+        if report.get("confusion") is not None:  # no test set (--split all): no confusion matrix
+            write_report_files(self.path, report, report["classes"])
         atomic_write_text(self.file("report.json"), json.dumps(report, indent=2))
         self.drop_states(keep_states)
         if self._tb:

@@ -18,6 +18,7 @@ CPU). Under torchrun each process takes a slice of every batch (see ``distribute
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import torch
 from .cache import Cache
 from .augment import augment
 from .data import LEVELS, WindowReader, device_batches, draw_windows, labeled_subset, split_videos
-from .distributed import DistInfo, all_sum, barrier, broadcast, resolve_device, setup
+from .distributed import all_sum, barrier, broadcast, resolve_device, setup
 from .evaluate import evaluate_videos, metrics, window_probabilities
 from .losses import joint_objective
 from .models import FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
@@ -91,6 +92,9 @@ class TrainConfig:
             raise RunError(f"--schedule must be constant or cosine; got {self.schedule}")
         if self.level not in LEVELS:
             raise RunError(f"--level must be {', '.join(LEVELS)}; got {self.level}")
+        for key in ("lam_warmup", "windows_per_epoch", "weight_decay", "stage2_lr"):
+            if getattr(self, key) < 0:
+                raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
         self.modalities = tuple(sorted(set(self.modalities), key=MODALITIES.index))
         if not self.modalities or any(m not in MODALITIES for m in self.modalities):
             raise RunError(f"--modalities must be audio, visual or audio,visual; got {','.join(self.modalities)}")
@@ -128,9 +132,10 @@ RECIPES = {
                   windows_per_epoch=0, spec_augment=True, face_augment=True, level="recording", evidence=True),
 }  # fmt: skip
 
-# What a stage-1 network depends on besides the split: a run may start from another run's
-# stage 1 (``init_from``) only where these agree.
-STAGE1_SETTINGS = ("seed", "split", "fold", "folds", "labeled_fraction", "backbone")
+# What a stage-1 network depends on besides the cache and the split: a run may start from another
+# run's stage 1 (``init_from``) only where these agree (``stage1_epochs`` too).
+STAGE1_SETTINGS = ("seed", "split", "fold", "folds", "labeled_fraction", "backbone", "pretrained", "batch_size", "lr",
+                   "weight_decay", "schedule", "windows_per_epoch", "spec_augment", "face_augment", "level", "evidence")  # fmt: skip
 
 
 @dataclass
@@ -159,7 +164,7 @@ class Session:
         if self.dist.enabled and cfg.batch_size < 2 * self.dist.world:
             raise RunError(f"--batch-size {cfg.batch_size} is too small for {self.dist.world} processes (at least 2 rows each)")
         self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
-        self.channels_last = self.device.type == "cuda"
+        self.channels_last = self.device.type == "cuda" or self.amp  # with bf16 the CPU is faster channels-last too
         if self.device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
             torch.backends.cudnn.benchmark = True
         self.cache = Cache.open(cfg.cache)
@@ -169,7 +174,7 @@ class Session:
             self.split = split_videos(labels, self.cache.video_subjects(), cfg.split, cfg.seed, fold=cfg.fold, folds=cfg.folds)
         except ValueError as exc:
             raise RunError(f"{cfg.cache}: {exc}") from exc
-        if not all(self.split.values()):
+        if not self.split["train"] or (cfg.split != "all" and not all(self.split.values())):
             raise RunError(f"{cfg.cache}: too few videos for a {cfg.split} split ({ {k: len(v) for k, v in self.split.items()} })")
         self.labeled = labeled_subset(self.split["train"], labels, cfg.labeled_fraction, cfg.seed)
         self.reader = WindowReader(self.cache, modalities=cfg.modalities, level=cfg.level, evidence=cfg.evidence)
@@ -181,8 +186,11 @@ class Session:
         return device_batches(self.reader.read, [windows[i : i + bs] for i in range(0, len(windows), bs)], self.device, self.channels_last)
 
     def validate(self, model: torch.nn.Module) -> dict:
-        """Validation video and window accuracy, judged by rank 0 and known to every rank."""
+        """Validation video and window accuracy, judged by rank 0 and known to every rank; NaN without
+        validation videos (``--split all``), where ``fit`` keeps the last epoch."""
         val = None
+        if not self.split["val"]:
+            return {"video_accuracy": float("nan"), "window_accuracy": float("nan")}
         if self.dist.main:
             windows = self.reader.windows(self.split["val"], model.modalities)
             probs = window_probabilities(model, self.reader, windows, self.device, self.cfg.eval_batch_size, amp=self.amp)
@@ -207,9 +215,9 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
     s = Session(cfg)
     if not run.writer:
         log = lambda *a, **k: None  # noqa: E731
-    run.start({"train": cfg.to_json(), "cache_settings": s.cache.settings}, resume)
     split_doc = split_document(s.cache, s.split, s.labeled)
-    source = check_init_source(cfg, s, split_doc) if cfg.init_from else None
+    source = check_init_source(cfg, s, split_doc) if cfg.init_from else None  # before anything is written
+    run.start({"train": cfg.to_json(), "cache_settings": s.cache.settings}, resume)
     run.write_split(split_doc)
     barrier(s.dist)
 
@@ -234,12 +242,15 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
         torch.manual_seed(cfg.seed * 1000 + 99)
         model = AVHGRModel.from_stage1(nets, cfg.fusion_layers, cfg.feature_norm)
         stage = Stage("stage2", model, s.split["train"], cfg.epochs, 10, cfg.corr, corr_stage=True)
-        model.to(s.device).calibrate(s.batches(s.reader.windows(s.split["train"])[:2048]))
+        sample = np.random.default_rng(cfg.seed).permutation(s.reader.windows(s.split["train"]))[:2048]
+        model.to(s.device).calibrate(s.batches(np.sort(sample)))
         stages["stage2"] = fit(s, run, stage, log, progress)
 
     report = {"classes": s.classes, "config": cfg.to_json(), "audio_stats": list(s.audio_stats)}
-    if s.dist.main:
+    if s.dist.main and s.split["test"]:
         report |= evaluate_videos(model, s.reader, s.cache, s.split["test"], s.device, cfg.eval_batch_size, amp=s.amp)
+    elif not s.split["test"]:
+        report |= {"video_accuracy": None, "window_accuracy": None, "videos": 0, "predictions": []}  # --split all: no test
     report |= {"train_seconds": round(time.time() - t0, 2), "stages": stages}
     # What prediction needs to rebuild and feed the model, beside its weights.
     card = {"classes": s.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone, "fusion_layers": cfg.fusion_layers,
@@ -263,7 +274,11 @@ def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolde
     if not source.finished:
         raise RunError(f"{where}: that run has not finished (no report.json)")
     theirs, ours = config["train"], cfg.to_json()
+    if theirs.get("init_from"):
+        raise RunError(f"{where}: that run did not train its stage 1 itself (it started from {theirs['init_from']}); start from that one")
     differ = [k for k in STAGE1_SETTINGS if theirs.get(k) != ours.get(k)]
+    if TrainConfig(**{k: v for k, v in theirs.items() if k in TrainConfig.__dataclass_fields__}).stage1_epochs != cfg.stage1_epochs:
+        differ.append("number of stage-1 epochs")
     if config.get("cache_settings") != s.cache.settings:
         differ.append("cache settings")
     if source.split() != split_doc:
@@ -303,7 +318,8 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}  # fmt: skip
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        if val["video_accuracy"] > state["best_acc"]:
+        # The best validation epoch; without validation videos (--split all), the last epoch.
+        if val["video_accuracy"] > state["best_acc"] or math.isnan(val["video_accuracy"]):
             state["best_acc"], state["best_epoch"] = val["video_accuracy"], epoch + 1
             run.save_best(stage.name, model)
         run.save_last(stage.name, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state})
@@ -316,7 +332,8 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
         run.save_best(stage.name, model)
     barrier(s.dist)
     load_weights(model, run.best(stage.name))
-    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_video_accuracy": state["best_acc"],
+    best = None if math.isnan(state["best_acc"]) else state["best_acc"]  # NaN: no validation videos
+    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_video_accuracy": best,
             "first_step_corr": state["first_step_corr"]}  # fmt: skip
 
 
@@ -333,9 +350,8 @@ def prepare(s: Session, stage: Stage):
 
         if s.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the same module
-        # A batch whose rows all miss a modality leaves that network unused.
-        w = s.cache.windows
-        partial = bool((w["face_row"] < 0).any() or (w["spec_row"] < 0).any())
+        # A batch whose rows all miss a modality leaves that network unused (off CUDA: no SyncBatchNorm).
+        partial = any(not s.reader.present[m].all() for m in s.cfg.modalities)
         train_model = DDP(model, device_ids=[s.device.index] if s.device.type == "cuda" else None, find_unused_parameters=partial)
     # Fused Adam on CUDA: one kernel for all parameters instead of several per tensor.
     params, fused = [p for p in model.parameters() if p.requires_grad], s.device.type == "cuda"
@@ -381,11 +397,11 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
 
 def train_step(s: Session, stage: Stage, train_model, opt, batch, lam: float) -> torch.Tensor:
     """One optimiser step; returns (CE share, L_corr / world) as a device tensor (no host sync)."""
-    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment)
-    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.amp):
+    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank)
+    with torch.autocast(s.device.type, dtype=torch.bfloat16) if s.amp else contextlib.nullcontext():
         out = train_model(batch)
-        loss, ce, corr = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, stage.corr,
-                                         lam, s.cfg.labeled_fraction < 1.0, s.dist, batch.rows_per_rank)  # fmt: skip
+        loss, ce, corr = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, stage.corr, lam,
+                                         s.cfg.labeled_fraction < 1.0, s.dist, batch.rows_per_rank, batch.presence)  # fmt: skip
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -30,8 +30,16 @@ from .features import has_speech, log_mel
 from .predict import Predictor, Windows
 
 
+MAX_LAG = 2.0  # seconds one stream may run ahead of a stalled other before windows go on without it
+FRAME_REACH = 1.0  # a key frame further than this from the window's centre is no frame (a stalled video)
+
+
 class StreamWindows:
-    """Cuts a decoded stream into windows every ``hop`` seconds as its samples and frames arrive."""
+    """Cuts a decoded stream into windows every ``hop`` seconds as its samples and frames arrive.
+
+    A window is cut once its audio and the frame nearest its centre have arrived, or once the
+    other stream has run MAX_LAG seconds past it (a stalled track: the window goes on without
+    what is missing, and memory stays bounded)."""
 
     def __init__(self, window_seconds: float, hop: float, sample_rate: int, audio: bool, video: bool):
         self.length, self.hop, self.sr = window_seconds, hop, sample_rate
@@ -54,10 +62,11 @@ class StreamWindows:
 
     def ready(self) -> bool:
         start = self.start(self.k)
-        audio_ok = self.audio_done or self.first_sample + len(self.samples) >= int(round(start * self.sr)) + self.n
-        centre = start + self.length / 2
-        video_ok = self.video_done or (self.frames and self.frames[-1][0] >= centre)
-        return bool(audio_ok and video_ok)
+        audio_time = (self.first_sample + len(self.samples)) / self.sr if self.has_audio else -np.inf
+        video_time = self.frames[-1][0] if self.has_video and self.frames else -np.inf
+        audio_ok = self.audio_done or audio_time * self.sr >= int(round(start * self.sr)) + self.n
+        video_ok = self.video_done or video_time >= start + self.length / 2
+        return bool(audio_ok and video_ok) or max(audio_time, video_time) > start + self.length + MAX_LAG
 
     def take(self) -> tuple[float, np.ndarray | None, np.ndarray | None]:
         """The next window: (start, its audio (n,) zero-padded past the end, its key frame as RGB)."""
@@ -84,9 +93,10 @@ class StreamWindows:
             else:
                 after = (ft, fr)
                 break
-        if after is None or (before is not None and t - before[0] < after[0] - t):
-            return before[1].to_ndarray(format="rgb24")
-        return after[1].to_ndarray(format="rgb24")
+        nearest = before if after is None or (before is not None and t - before[0] < after[0] - t) else after
+        if abs(nearest[0] - t) > FRAME_REACH:
+            return None
+        return nearest[1].to_ndarray(format="rgb24")
 
     def _forget(self) -> None:
         keep_from = int(round(self.start(self.k) * self.sr)) - self.first_sample
@@ -148,7 +158,8 @@ def _windows(container, audio_stream, video_stream, cutter: StreamWindows) -> It
                 else:
                     if v_start is None:
                         v_start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-                    t = (frame.pts * stream.time_base - v_start) if frame.pts is not None else (frame.time or 0.0) - v_start
+                    # the arithmetic of decode.read_frames_at, so that ties between two frames break alike
+                    t = (frame.pts * float(stream.time_base) - v_start) if frame.pts is not None else (frame.time or 0.0) - v_start
                     cutter.add_frame(float(t), frame)
                     end_time = max(end_time, float(t) + (1 / float(stream.average_rate) if stream.average_rate else 0.0))
                 while cutter.ready() and not cutter.finished(float("inf")):
@@ -182,7 +193,7 @@ class RunningLevel:
 
 def _predict_window(predictor: Predictor, start: float, audio: np.ndarray | None, frame: np.ndarray | None, heard: RunningLevel) -> dict:
     s = predictor.settings
-    specs = log_mel(audio[None], s) if audio is not None else None
+    specs = log_mel(audio[None], s).astype(np.float16) if audio is not None else None  # as files and caches store them
     faces, found = None, np.zeros(1, bool)
     if frame is not None:
         faces, found = predictor.cropper.crop_video([frame], np.array([start + s.window_seconds / 2]))

@@ -1,0 +1,149 @@
+"""The training recipe's mechanisms on small inputs: augmentation, feature normalisation, λ warm-up,
+learning-rate schedule, window draws, spectrogram levels, speech detection."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avhgr.augment import crop_and_flip, mask_spectrograms, shift_mels
+from avhgr.data import Batch, draw_windows, level_offsets
+from avhgr.features import FeatureSettings, has_speech, log_mel
+from avhgr.models import FEATURE_DIM, AVHGRModel
+from avhgr.train import RunError, Stage, TrainConfig
+
+from test_models import make_batch
+
+
+def test_spectrogram_masks_touch_only_whole_bands_and_leave_absent_rows_zero():
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 94, 94)
+    x[3] = 0  # an absent window
+    torch.manual_seed(1)
+    shifted = shift_mels(x.clone())
+    torch.manual_seed(1)
+    out = mask_spectrograms(x)  # the same shifts (drawn first), then the masks
+    assert (out[3] == 0).all()
+    changed = out != shifted
+    # Only zeros are written, and only along whole Mel rows or whole time columns.
+    assert (out[changed] == 0).all()
+    for i in range(16):
+        rows = changed[i, 0].all(dim=1) | (shifted[i, 0] == 0).all(dim=1)
+        cols = changed[i, 0].all(dim=0) | (shifted[i, 0] == 0).all(dim=0)
+        assert (changed[i, 0] <= rows[:, None] | cols[None, :]).all()
+        assert changed[i, 0].float().mean() < 0.6  # two bands of <= 12 bins and two of <= 12 frames
+    assert changed.any()
+
+
+def test_mel_shift_moves_whole_spectra_by_at_most_four_bins():
+    x = torch.arange(94.0).view(1, 1, 94, 1).repeat(32, 1, 1, 5)
+    torch.manual_seed(1)
+    out = shift_mels(x)
+    shift = 47 - out[:, 0, 47, 0]  # the middle bin tells each row's shift (bin b shows what was at b - shift)
+    assert shift.abs().max() <= 4 and len(set(shift.tolist())) > 3
+    for i, s in enumerate(shift.long().tolist()):
+        expected = (torch.arange(94) - s).clamp(0, 93).float()
+        assert torch.equal(out[i, 0, :, 0], expected) and torch.equal(out[i, 0, :, 4], expected)
+
+
+def test_face_crop_and_flip_keep_shape_zero_rows_and_flip_half():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    x[5] = 0
+    out = crop_and_flip(x)
+    assert out.shape == x.shape and (out[5] == 0).all()
+    left_right = torch.zeros(1, 3, 32, 32)
+    left_right[..., :16] = 1.0  # bright left half
+    torch.manual_seed(0)
+    flipped = crop_and_flip(left_right.repeat(200, 1, 1, 1))
+    share = (flipped[:, 0, 16, 2] < 0.5).float().mean()  # the leftmost columns dark: flipped
+    assert 0.35 < share < 0.65
+
+
+def test_rescale_preserves_the_fused_outputs():
+    """rescale multiplies f and g by α and divides the fusion's first layer by α: the same logits
+    as the unscaled model, and unit total variance of the features on the calibration batches."""
+    torch.manual_seed(0)
+    model = AVHGRModel(6, "resnet18", feature_norm="rescale").eval()
+    batch = make_batch(visual=torch.randn(12, 3, 32, 32), audio=torch.randn(12, 1, 32, 32))
+    before = model(batch).logits
+    model.calibrate([batch])
+    after = model(batch)
+    torch.testing.assert_close(after.logits, before, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(model.scale, torch.ones(2))
+    for feats in (after.f, after.g):
+        assert feats.var(dim=0).sum().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_batch_feature_norm_bounds_soft_hgr_and_zeroes_missing_rows():
+    from avhgr.losses import soft_hgr
+
+    torch.manual_seed(0)
+    model = AVHGRModel(6, "resnet18", feature_norm="batch").train()
+    present = torch.tensor([True] * 10 + [False, False])
+    batch = make_batch(visual=torch.randn(12, 3, 32, 32) * 50, audio=torch.randn(12, 1, 32, 32) * 50, visual_present=present)
+    out = model(batch)
+    assert (out.f[10:] == 0).all()
+    # standardised over the present rows, divided by √512: total variance 1 (per-dimension variance 1/512)
+    assert out.f[:10].var(dim=0, unbiased=False).sum().item() == pytest.approx(1.0, rel=0.02)
+    assert -1.5 <= soft_hgr(out.f, out.g).item() <= 1.0
+    # 64 px: at 32 px ResNet's last BatchNorm sees 1 x 1 maps and refuses a single row anyway
+    single = make_batch(visual=torch.randn(2, 3, 64, 64), audio=torch.randn(2, 1, 64, 64), visual_present=torch.tensor([True, False]))
+    assert model(single).f.shape == (2, FEATURE_DIM)  # one present row: the running statistics, no error
+
+
+def test_lambda_warm_up_and_cosine_schedule():
+    cfg = TrainConfig(cache="c", out="o", lam=2.0, lam_warmup=2, lr=1e-3, schedule="cosine", epochs=4)
+    assert cfg.lam_at(0, 0, 10) == 0.0
+    assert cfg.lam_at(0, 5, 10) == pytest.approx(0.5)  # a quarter of the way: 0.25 · λ
+    assert cfg.lam_at(1, 5, 10) == pytest.approx(1.5)
+    assert cfg.lam_at(2, 0, 10) == cfg.lam_at(3, 9, 10) == 2.0
+    stage = Stage("stage2", None, [], 4, 10, "fgh", corr_stage=True)
+    assert [cfg.lr_at(stage, e) for e in range(4)] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    assert TrainConfig(cache="c", out="o", recipe="paper").lam_at(0, 0, 10) == 1.0
+    paper = TrainConfig(cache="c", out="o", recipe="paper")
+    assert (paper.feature_norm, paper.weight_decay, paper.schedule, paper.spec_augment, paper.evidence) == ("none", 0.0, "constant", False, False)
+    assert TrainConfig(cache="c", out="o", recipe="paper", feature_norm="batch").feature_norm == "batch"  # explicit beats recipe
+    with pytest.raises(RunError, match="--recipe"):
+        TrainConfig(cache="c", out="o", recipe="mine")
+
+
+def test_windows_are_drawn_anew_per_video_and_epoch():
+    class FakeCache:
+        windows = {"video": np.repeat(np.arange(5), 8)}
+
+    windows = np.arange(40)
+    a = draw_windows(FakeCache, windows, 3, np.random.default_rng([0, 1, 0]))
+    b = draw_windows(FakeCache, windows, 3, np.random.default_rng([0, 1, 1]))
+    assert len(a) == 15 and np.bincount(FakeCache.windows["video"][a]).tolist() == [3] * 5
+    assert not np.array_equal(a, b)  # another epoch, another draw
+    assert np.array_equal(a, draw_windows(FakeCache, windows, 3, np.random.default_rng([0, 1, 0])))  # seeded
+    assert len(draw_windows(FakeCache, windows[:10], 3, np.random.default_rng(0))) == 3 + 2  # video 1 has only 2 left
+
+
+def test_level_offsets_remove_loudness():
+    rng = np.random.default_rng(0)
+    t = np.arange(24_000) / 48_000
+    quiet = (0.05 * np.sin(2 * np.pi * 220 * t) * (rng.random(24_000) * 0.2 + 0.9)).astype(np.float32)
+    s = FeatureSettings()
+    specs = log_mel(np.stack([quiet, 10 * quiet]), s)
+    for level in ("recording", "window"):
+        off = level_offsets(specs, level)
+        if level == "window":
+            levelled = specs - off[:, None, None]
+            np.testing.assert_allclose(levelled[0], levelled[1], atol=1e-3)  # 20 dB louder, the same after levelling
+        else:
+            assert off[0] == off[1]
+    assert (level_offsets(specs, "absolute") == 0).all()
+    with pytest.raises(ValueError):
+        level_offsets(specs, "loud")
+
+
+def test_speech_detection_on_the_spectrogram():
+    s = FeatureSettings()
+    rng = np.random.default_rng(0)
+    t = np.arange(24_000) / 48_000
+    voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 8)) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+    windows = np.stack([0.3 * voiced, np.zeros_like(t), 0.3 * rng.normal(size=t.size), 0.001 * voiced]).astype(np.float32)
+    assert has_speech(log_mel(windows, s)).tolist() == [True, False, False, False]  # voice; silence; hiss; a far whisper of it
