@@ -100,7 +100,11 @@ def test_lambda_warm_up_and_cosine_schedule():
     assert cfg.lam_at(1, 5, 10) == pytest.approx(1.5)
     assert cfg.lam_at(2, 0, 10) == cfg.lam_at(3, 9, 10) == 2.0
     stage = Stage("stage2", None, [], 4, 10, "fgh", corr_stage=True)
-    assert [cfg.lr_at(stage, e) for e in range(4)] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    assert [cfg.lr_at(stage, e, "fusion") for e in range(4)] == pytest.approx(cosine)
+    assert [cfg.lr_at(stage, e, "networks") for e in range(4)] == pytest.approx([0.0, *cosine[1:]])  # fusion_warmup 1: stage-1 networks wait
+    stage1 = Stage("stage1_audio", None, [], 4, 1)
+    assert [cfg.lr_at(stage1, e, "networks") for e in range(4)] == pytest.approx(cosine)
     assert TrainConfig(cache="c", out="o", recipe="paper").lam_at(0, 0, 10) == 1.0
     paper = TrainConfig(cache="c", out="o", recipe="paper")
     assert (paper.feature_norm, paper.weight_decay, paper.schedule, paper.spec_augment, paper.evidence) == ("none", 0.0, "constant", False, False)

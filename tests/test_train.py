@@ -265,6 +265,12 @@ def test_stage2_starts_from_the_best_stage1_epochs(tiny, tmp_path, monkeypatch):
         last = load_state(out / f"stage1_{m}.last.pt")["model"]
         assert all(torch.equal(start[f"{m}.{k}"], v) for k, v in best.items()), m
         assert not all(torch.equal(start[f"{m}.{k}"], v) for k, v in last.items()), m  # not the last epoch's
+    # Stage 2's one epoch is its fusion warm-up: the two networks' weights did not move (their
+    # BatchNorm statistics do), the fusion network's did.
+    joint = load_file(str(out / "model.safetensors"))
+    weights = [k for k in start if not k.split(".")[-1].startswith(("running_", "num_batches"))]
+    assert all(torch.equal(joint[k], start[k]) for k in weights)
+    assert any(not torch.equal(joint[k], start[k]) for k in start if "running_mean" in k)
 
 
 def test_init_from_refuses_a_stage1_trained_on_other_videos_or_settings(trained, tiny, tmp_path):

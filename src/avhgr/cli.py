@@ -108,6 +108,7 @@ def train(
     recipe: str = typer.Option("avhgr", help="avhgr (measured defaults, see README) or paper (the paper's literal settings)."),
     feature_norm: Optional[str] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
     lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
+    fusion_warmup: Optional[int] = typer.Option(None, help="First epochs of stage 2 in which only the fusion network learns."),
     stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (0: same as --lr)."),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
     schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
@@ -129,7 +130,7 @@ def train(
             pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
             split=split, fold=fold, folds=folds, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
-            keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, stage2_lr=stage2_lr,
+            keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, fusion_warmup=fusion_warmup, stage2_lr=stage2_lr,
             weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
             face_augment=face_augment, level=level, evidence=evidence,
         )  # fmt: skip

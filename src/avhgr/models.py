@@ -134,6 +134,9 @@ class ModalityNet(nn.Module):
     def freeze_unused(self, corr: str) -> None:
         """Stage 1 trains every parameter."""
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"networks": list(self.parameters())}
+
     def forward(self, batch: "Batch") -> Output:
         feature = self.features(self.input(batch))
         return Output(self.head(feature), **{"g" if self.modality == "audio" else "f": feature})
@@ -266,6 +269,11 @@ class AVHGRModel(nn.Module):
         absent rows zero."""
         net = self.visual if modality == "visual" else self.audio
         return self._features(net, x, present, n, ref, then=lambda feats: self._normalise(modality, feats))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The two networks from stage 1, and what stage 2 adds (fusion, label network)."""
+        networks = [*self.visual.parameters(), *self.audio.parameters()]
+        return {"networks": networks, "fusion": [*self.fusion.parameters(), *self.label.parameters()]}
 
     def freeze_unused(self, corr: str) -> None:
         """The stage-1 classifier heads play no part in the joint model; h only in L_corr^fgh."""

@@ -70,6 +70,7 @@ class TrainConfig:
     recipe: str = "avhgr"
     feature_norm: str | None = None  # none | batch | rescale: what f and g are (models.AVHGRModel)
     lam_warmup: int | None = None  # epochs over which λ grows linearly from 0 at the start of stage 2
+    fusion_warmup: int | None = None  # first epochs of stage 2 in which only the fusion (and label) networks learn
     stage2_lr: float | None = None  # learning rate of stage 2 (0: same as lr)
     weight_decay: float | None = None  # decoupled (AdamW); 0: plain Adam
     schedule: str | None = None  # constant | cosine (per epoch, within each stage)
@@ -92,7 +93,7 @@ class TrainConfig:
             raise RunError(f"--schedule must be constant or cosine; got {self.schedule}")
         if self.level not in LEVELS:
             raise RunError(f"--level must be {', '.join(LEVELS)}; got {self.level}")
-        for key in ("lam_warmup", "windows_per_epoch", "weight_decay", "stage2_lr"):
+        for key in ("lam_warmup", "fusion_warmup", "windows_per_epoch", "weight_decay", "stage2_lr"):
             if getattr(self, key) < 0:
                 raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
         self.modalities = tuple(sorted(set(self.modalities), key=MODALITIES.index))
@@ -107,7 +108,10 @@ class TrainConfig:
     def stage1_epochs(self) -> int:
         return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
 
-    def lr_at(self, stage: "Stage", epoch: int) -> float:
+    def lr_at(self, stage: "Stage", epoch: int, group: str = "networks") -> float:
+        """The learning rate of a parameter group ("networks" from stage 1, or "fusion") in an epoch."""
+        if stage.corr_stage and group == "networks" and epoch < self.fusion_warmup:
+            return 0.0  # the fresh fusion network first learns on the stage-1 features as they are
         base = self.stage2_lr if stage.corr_stage and self.stage2_lr else self.lr
         if self.schedule == "cosine":
             return base * 0.5 * (1 + math.cos(math.pi * epoch / max(stage.epochs, 1)))
@@ -126,10 +130,10 @@ class TrainConfig:
 
 
 RECIPES = {
-    "paper": dict(feature_norm="none", lam_warmup=0, stage2_lr=0.0, weight_decay=0.0, schedule="constant",
+    "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, stage2_lr=0.0, weight_decay=0.0, schedule="constant",
                   windows_per_epoch=0, spec_augment=False, face_augment=False, level="absolute", evidence=False),
-    "avhgr": dict(feature_norm="batch", lam_warmup=0, stage2_lr=0.0, weight_decay=1e-4, schedule="cosine",
-                  windows_per_epoch=0, spec_augment=True, face_augment=True, level="recording", evidence=True),
+    "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, stage2_lr=0.0, weight_decay=0.05, schedule="cosine",
+                  windows_per_epoch=0, spec_augment=True, face_augment=True, level="window", evidence=True),
 }  # fmt: skip
 
 # What a stage-1 network depends on besides the cache and the split: a run may start from another
@@ -307,7 +311,7 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
     for epoch in range(state["epoch"], stage.epochs):
         t0 = time.time()
         for group in opt.param_groups:
-            group["lr"] = s.cfg.lr_at(stage, epoch)
+            group["lr"] = s.cfg.lr_at(stage, epoch, group["name"])
         ce, corr, first_corr = train_epoch(s, stage, train_model, opt, windows, epoch, progress)
         if epoch == 0 and stage.corr != "none":
             state["first_step_corr"] = first_corr  # L_corr at the first joint step: does the stage start sane?
@@ -354,11 +358,12 @@ def prepare(s: Session, stage: Stage):
         partial = any(not s.reader.present[m].all() for m in s.cfg.modalities)
         train_model = DDP(model, device_ids=[s.device.index] if s.device.type == "cuda" else None, find_unused_parameters=partial)
     # Fused Adam on CUDA: one kernel for all parameters instead of several per tensor.
-    params, fused = [p for p in model.parameters() if p.requires_grad], s.device.type == "cuda"
+    groups = [{"params": [p for p in ps if p.requires_grad], "name": name} for name, ps in model.parameter_groups().items()]
+    groups, fused = [g for g in groups if g["params"]], s.device.type == "cuda"
     if s.cfg.weight_decay:
-        opt = torch.optim.AdamW(params, lr=s.cfg.lr, weight_decay=s.cfg.weight_decay, fused=fused)
+        opt = torch.optim.AdamW(groups, lr=s.cfg.lr, weight_decay=s.cfg.weight_decay, fused=fused)
     else:
-        opt = torch.optim.Adam(params, lr=s.cfg.lr, fused=fused)
+        opt = torch.optim.Adam(groups, lr=s.cfg.lr, fused=fused)
     return model, train_model, opt
 
 
