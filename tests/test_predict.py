@@ -126,3 +126,25 @@ def test_watch_on_a_stream_from_stdin_matches_predict_hop(model, tmp_path):
         assert a["start"] == b["start"] and (a["face"], a["speech"]) == (b["face"], b["speech"])
         assert a["emotion"] == b["emotion"]
         np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-4)
+
+
+def test_watch_goes_on_when_a_track_stalls_and_refuses_what_it_cannot_open(model, tmp_path):
+    """The audio track ends after 1 s while the video goes on for 5 s: the windows after it are
+    cut without waiting for audio that never comes, as windows without speech."""
+    from avhgr.predict import Predictor
+    from avhgr.watch import StreamWindows, watch
+
+    clip = write_media(tmp_path / "short_audio.ts", face_frames(50), 10, voice(1.0))
+    windows = []
+    predictor = Predictor(model, device="cpu")
+    assert watch(predictor, str(clip), hop=0.5, emit=windows.append) == len(windows) >= 8
+    assert [w["speech"] for w in windows[:2]] == [True, True] and not any(w["speech"] for w in windows[3:])
+    assert all(w["face"] for w in windows) and all(w["emotion"] for w in windows)
+    cutter = StreamWindows(0.5, 0.5, 48_000, audio=True, video=True)
+    cutter.add_frame(0.3, object())
+    assert not cutter.ready()  # no audio yet, video not far ahead: wait
+    cutter.add_frame(3.0, object())
+    assert cutter.ready()  # video 2.5 s past the window's end: the stalled audio is left out
+    res = subprocess.run([*CLI, "watch", str(tmp_path / "nothing_here.ts"), "--model", str(model), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "cannot open the stream" in res.stderr and "Traceback" not in res.stderr
