@@ -12,7 +12,11 @@ import numpy as np  # noqa: E402
 
 
 def _save(fig, out: str | Path) -> Path:
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # a strip of thumbnails sharing an axis: bbox_inches="tight" below copes
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")  # legends placed outside the axes stay in the picture

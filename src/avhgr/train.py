@@ -266,9 +266,9 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
 
 
 def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolder:
-    """The run whose stage-1 networks start this one, refused unless they were trained exactly as
-    this run's would be: same videos in each part (else its stage 1 has seen this run's
-    validation or test videos), same labelled subset, seed, cache settings and backbone."""
+    """The run whose stage-1 networks start this one, refused unless its stage 1 was trained as
+    this run's would be: on the same videos (else it may have seen this run's validation or
+    test videos), from the same cache settings, with the same stage-1 settings."""
     source = RunFolder(cfg.init_from)
     where = f"--init-from {cfg.init_from}"
     config = source.config()
@@ -281,15 +281,16 @@ def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolde
     if theirs.get("init_from"):
         raise RunError(f"{where}: that run did not train its stage 1 itself (it started from {theirs['init_from']}); start from that one")
     differ = [k for k in STAGE1_SETTINGS if theirs.get(k) != ours.get(k)]
-    if TrainConfig(**{k: v for k, v in theirs.items() if k in TrainConfig.__dataclass_fields__}).stage1_epochs != cfg.stage1_epochs:
+    if (theirs.get("pretrain_epochs") if theirs.get("pretrain_epochs") is not None else theirs.get("epochs")) != cfg.stage1_epochs:
         differ.append("number of stage-1 epochs")
     if config.get("cache_settings") != s.cache.settings:
         differ.append("cache settings")
     if source.split() != split_doc:
         differ.append("split (train/val/test videos or labelled subset)")
     if differ:
-        raise RunError(f"{where}: its stage 1 was trained with another {', '.join(dict.fromkeys(differ))}; "
-                       "starting from it could train on this run's validation or test videos")  # fmt: skip
+        leak = any(k in differ for k in ("seed", "split", "fold", "folds", "labeled_fraction")) or differ[-1].startswith("split")
+        why = "starting from it could train on this run's validation or test videos" if leak else "train stage 1 here, or start from a run with the same stage-1 settings"
+        raise RunError(f"{where}: its stage 1 was trained with another {', '.join(differ)}; {why}")
     return source
 
 
@@ -319,7 +320,7 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
         loss = ce + s.cfg.lam * corr if stage.corr != "none" else ce
         row = {"stage": stage.name, "epoch": epoch + 1, "loss": round(loss, 6), "ce": round(ce, 6), "corr": round(corr, 6),
                "val_video_acc": round(val["video_accuracy"], 6), "val_window_acc": round(val["window_accuracy"], 6),
-               "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}  # fmt: skip
+               "lr": max(g["lr"] for g in opt.param_groups), "seconds": round(time.time() - t0, 3)}  # fmt: skip
         state["history"].append(row)
         state["epoch"] = epoch + 1
         # The best validation epoch; without validation videos (--split all), the last epoch.
