@@ -41,7 +41,7 @@ WINDOWS = 60
 
 
 def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=print) -> dict:
-    t0 = time.time()
+    t0, commit = time.time(), _commit()  # the code this build runs, not what is checked out when it ends
     videos, classes = select_emotions(index_dataset("ravdess", data), "basic6")
     cache = work / "cache"
     run_preprocess(videos, classes, cache, FeatureSettings(windows=WINDOWS), data, "ravdess", workers=default_workers(), progress=False)
@@ -75,7 +75,7 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
         "confusion": confusion.tolist(), "settings": {**SETTINGS, "modalities": list(SETTINGS["modalities"])},
         "config": json.loads((final / "config.json").read_text())["train"],
         "command": " ".join([Path(sys.executable).name, "-m", "avhgr.builtin.build", *sys.argv[1:]]),
-        "commit": _commit(), "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
+        "commit": commit, "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
     }  # fmt: skip
     atomic_write_text(out / "cv.json", json.dumps(cv, indent=2))
     from ..plots import confusion_png
@@ -87,8 +87,11 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
 
 
 def _commit() -> str | None:
+    """HEAD, marked "+ changes" when files of the package differ from it."""
+    git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()  # noqa: E731
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        head = git("rev-parse", "HEAD")
+        return head + (" + uncommitted changes" if git("status", "--porcelain", "--", str(Path(__file__).parents[1])) else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -97,7 +100,9 @@ def model_card(cv: dict) -> str:
     folds = "\n".join(f"| {f['fold']} | {', '.join(f['test_actors'])} | {f['files']} | {100 * f['video_accuracy']:.1f} % | "
                       f"{100 * f['window_accuracy']:.1f} % | {f['best_epoch']} |" for f in cv["folds"])  # fmt: skip
     per_class = " · ".join(f"{c} {100 * a:.1f} %" for c, a in cv["per_class_accuracy"].items())
-    s = cv["settings"]
+    s, c = cv["settings"], cv["config"]
+    level = {"window": "each window levelled by its own loudness", "recording": "spectrograms levelled per recording",
+             "absolute": "absolute spectrogram levels"}[c["level"]]  # fmt: skip
     return f"""# Model card: avhgr built-in speech model
 
 **What it does.** Recognises one of six basic emotions ({', '.join(cv['classes'])}) in the
@@ -122,7 +127,7 @@ sentences spoken with each emotion at two intensities, twice. The six basic emot
 at commit `{cv['commit'] or 'unknown'}`, in {cv['build_minutes']} minutes on the CPU. Recipe `{s['recipe']}` of
 `avhgr train` (README, "Training recipe"): {s['backbone']} from scratch, {s['epochs']} epochs, batch {s['batch_size']},
 AdamW (weight decay {s['weight_decay']}) with a cosine learning rate from 1e-3, {s['windows_per_epoch']} windows per file
-drawn anew each epoch from 60 cached ones, Mel shifts and SpecAugment masks, spectrograms levelled per recording, windows
+drawn anew each epoch from 60 cached ones, Mel shifts and SpecAugment masks, {level}, windows
 without speech left out. The shipped model was trained on all {len(cv['actors'])} actors (`--split all`, the last epoch kept);
 its weights are float16 ({cv['weights_bytes'] / 1e6:.1f} MB).
 
@@ -167,7 +172,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=SPEECH, help="where the model, its card and figures go")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA only)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--card-only", action="store_true", help="write MODEL_CARD.md again from the cv.json in --out (no training)")
     args = ap.parse_args()
+    if args.card_only:
+        atomic_write_text(args.out / "MODEL_CARD.md", model_card(json.loads((args.out / "cv.json").read_text())))
+        return
     if not args.data.is_dir():
         sys.exit(f"error: {args.data}: not a folder (RAVDESS speech, Actor_01 ... Actor_NN)")
     cv = build(args.data, args.work, args.out, args.amp, args.device)

@@ -1,0 +1,64 @@
+"""The built-in speech model: shipped weights that load without running code, a prediction on a
+generated clip, and a model card whose figures are those of the cv.json its build wrote."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from avhgr.builtin import SPEECH
+from avhgr.builtin.build import model_card
+from avhgr.predict import Predictor
+from avhgr.synth import write_media
+
+from conftest import face_frames
+from test_predict import voice
+
+
+def test_weights_are_float16_safetensors_within_25_mb():
+    path = SPEECH / "model.safetensors"
+    assert path.stat().st_size <= 25 * 2**20
+    with safe_open(str(path), "pt") as f:  # safetensors: tensors only, nothing runs on load
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert torch.float16 in dtypes and torch.float32 not in dtypes
+    card = json.loads((SPEECH / "model.json").read_text())
+    assert card["modalities"] == ["audio"] and card["classes"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+
+
+def test_builtin_model_predicts_from_the_voice_alone(tmp_path):
+    predictor = Predictor(device="cpu")
+    assert predictor.description == "built-in speech model, audio only"
+    assert all(p.dtype == torch.float32 for p in predictor.model.parameters())  # float16 on disk, float32 to compute
+    clip = write_media(tmp_path / "talk.mp4", face_frames(30), 10, voice(3.0))
+    res = predictor.predict_file(clip)
+    assert res["emotion"] in predictor.classes and res["face_rate"] is None and res["speech_rate"] > 0.5
+    assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    silent = write_media(tmp_path / "silent.wav", audio=np.zeros(3 * 48_000, np.float32))
+    assert predictor.predict_file(silent)["emotion"] is None
+    out = subprocess.run([sys.executable, "-m", "avhgr", "predict", str(clip), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "built-in speech model, audio only" in out.stderr and out.stdout.startswith(str(clip))
+
+
+def test_model_card_is_made_from_cv_json():
+    cv = json.loads((SPEECH / "cv.json").read_text())
+    assert (SPEECH / "MODEL_CARD.md").read_text() == model_card(cv)  # no figure typed by hand
+    accs = [f["video_accuracy"] for f in cv["folds"]]
+    assert len(accs) == 6 and cv["mean"] == pytest.approx(np.mean(accs)) and cv["std"] == pytest.approx(np.std(accs, ddof=1))
+    confusion = np.array(cv["confusion"])
+    assert confusion.sum() == cv["files"] == sum(f["files"] for f in cv["folds"])
+    assert np.array(sum(np.array(f["confusion"]) for f in cv["folds"])).tolist() == cv["confusion"]
+    for k, c in enumerate(cv["classes"]):
+        assert cv["per_class_accuracy"][c] == pytest.approx(confusion[k, k] / confusion[k].sum())
+    tested = sorted(a for f in cv["folds"] for a in f["test_actors"])
+    assert len(tested) == len(set(tested)) == 12  # leave-actors-out: every actor tested once
+
+
+def test_builtin_model_on_real_ravdess_clips(shared_data):
+    clips = sorted((shared_data / "ravdess_av").glob("*.mp4"))
+    predictor = Predictor(device="cpu")
+    results = [predictor.predict_file(c) for c in clips]
+    assert all(r["emotion"] is not None and r["speech_rate"] > 0.2 for r in results)  # a quiet sad take: 28 %
