@@ -59,9 +59,14 @@ def fmt(values) -> str:
 def demo_part(args) -> None:
     cache = demo_cache(args.out, args.per_class)
     seeds = list(range(args.seeds))
-    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, device="cpu")
-    models = [("audio only", dict(modalities=("audio",))), ("visual only", dict(modalities=("visual",))),
-              ("baseline", dict(corr="none")), ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip
+    from avhgr.distributed import cpu_has_native_bf16
+
+    amp = args.amp if args.amp is not None else cpu_has_native_bf16()  # as make demo
+    print(f"demo corpus, ResNet-18, {'bf16 autocast' if amp else 'float32'} on the CPU", flush=True)
+    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, device="cpu", amp=amp)
+    # The baseline first: it trains the seed's stage 1, which the others start from.
+    models = [("baseline", dict(corr="none")), ("audio only", dict(modalities=("audio",))), ("visual only", dict(modalities=("visual",))),
+              ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip
     # (name, settings, whether it trains all five models or only fg and fgh on the recipe's stage 1)
     variants = [("avhgr recipe (default)", {}, True)]
     if args.compare:
@@ -159,7 +164,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--recipe", default="avhgr")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast (default: demo part as make demo, on CPUs with native bf16; RAVDESS part on CUDA)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

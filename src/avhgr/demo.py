@@ -126,6 +126,7 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
     """Corpus -> preprocess -> audio-only, visual-only, baseline, fg, fgh -> table, predict, report."""
     from .cache import Cache
     from .datasets import index_dataset, select_emotions
+    from .distributed import cpu_has_native_bf16
     from .features import FeatureSettings
     from .plots import contact_sheet
     from .predict import Predictor
@@ -143,8 +144,10 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
     report = run_preprocess(videos, classes, out / "cache", settings, manifest, "csv", workers=default_workers())
     log(f"      {report['videos_ok']} videos, faces found in {100 * report['face_found_rate']:.1f} % of windows")
     contact_sheet(Cache.open(out / "cache"), out / "contact_sheet.png", per_class=2)
-    log("[3/5] training on the CPU with a small backbone (ResNet-18, 64 px faces); the paper's is ResNet-50")
-    common = dict(cache=str(out / "cache"), backbone="resnet18", batch_size=32, lr=1e-3, epochs=epochs, device="cpu", seed=0)
+    # bf16 autocast where the CPU has it natively (2-2.5x faster; float32 elsewhere)
+    amp = cpu_has_native_bf16()
+    log(f"[3/5] training on the CPU with a small backbone (ResNet-18, 64 px faces, {'bf16' if amp else 'float32'}); the paper's is ResNet-50")
+    common = dict(cache=str(out / "cache"), backbone="resnet18", batch_size=32, lr=1e-3, epochs=epochs, device="cpu", seed=0, amp=amp)
     runs = out / "runs"
     results = {}
     quiet = lambda *a, **k: None  # noqa: E731
@@ -193,7 +196,7 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
         "Confusion matrix of the HGR fgh model on the test videos:", "",
         "![confusion](runs/HGR_fgh/test_confusion.png)", "",
         "Face crops and spectrograms as the networks see them:", "", "![contact sheet](contact_sheet.png)", "",
-        f"Total time: {time.time() - t_start:.0f} s on the CPU.",
+        f"Total time: {time.time() - t_start:.0f} s on the CPU ({'bf16 autocast: this CPU computes bfloat16 natively' if amp else 'float32'}).",
     ]  # fmt: skip
     (out / "report.md").write_text("\n".join(md) + "\n")
     (out / "results.json").write_text(json.dumps({"models": results, "stage1_best_val_video_accuracy": stage1}, indent=2))

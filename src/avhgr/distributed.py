@@ -96,3 +96,13 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast
+    trains a ResNet 2-2.5x faster than float32; on other CPUs it is emulated, and slower."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, name, None)
+        if check is not None and check():
+            return True
+    return False
