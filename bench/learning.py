@@ -78,6 +78,7 @@ def demo_part(args) -> None:
             ("avhgr, none + λ warm-up 2", dict(feature_norm="none", lam_warmup=2), False),
             ("avhgr, none + stage-2 lr 1e-4", dict(feature_norm="none", stage2_lr=1e-4), False),
         ]
+    runs = args.out / "runs" / ("bf16" if amp else "fp32")  # a resumed run keeps its precision: never mix them
     table = []
     for variant, extra, every_model in variants:
         recipe = extra.get("recipe", "avhgr")
@@ -85,11 +86,11 @@ def demo_part(args) -> None:
         first: dict[str, list] = {"fg": [], "fgh": []}
         t0 = time.time()
         for seed in seeds:
-            base = args.out / "runs" / recipe / f"seed{seed}" / "baseline"
+            base = runs / recipe / f"seed{seed}" / "baseline"
             for name, model_kw in models:
                 if not every_model and name not in ("fg", "fgh"):
                     continue
-                folder = base if name == "baseline" else args.out / "runs" / recipe / f"seed{seed}" / (name.replace(" ", "_") + _tag(extra))
+                folder = base if name == "baseline" else runs / recipe / f"seed{seed}" / (name.replace(" ", "_") + _tag(extra))
                 kw = {**common, **model_kw, "seed": seed, "pretrain_epochs": args.epochs, "recipe": recipe,
                       **{k: v for k, v in extra.items() if k != "recipe"}}  # fmt: skip
                 if name != "baseline":
@@ -127,12 +128,15 @@ def ravdess_part(args) -> None:
         videos, classes = select_emotions(index_dataset("ravdess", args.ravdess), "basic6")
         run_preprocess(videos, classes, cache, FeatureSettings(windows=args.windows), args.ravdess, "ravdess",
                        workers=default_workers(), progress=False)  # fmt: skip
+    from avhgr.distributed import resolve_device
+
+    amp = args.amp if args.amp is not None else resolve_device(args.device).type == "cuda"
     accs, per_epoch = [], []
     for fold in args.folds:
-        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_fold{fold}"
+        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}_fold{fold}"
         cfg = TrainConfig(cache=str(cache), out=str(out), modalities=("audio",), split="actor", fold=fold, backbone=args.backbone,
                           epochs=args.ravdess_epochs, batch_size=args.batch_size, recipe=args.recipe, device=args.device,
-                          amp=args.amp, windows_per_epoch=args.windows_per_epoch or None)  # fmt: skip
+                          amp=amp, windows_per_epoch=args.windows_per_epoch or None)  # fmt: skip
         report = train(cfg, resume=True, log=print if args.verbose else QUIET)
         rows = metrics_rows(out)
         per_epoch.append(float(np.mean([float(r["seconds"]) for r in rows])))

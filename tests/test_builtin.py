@@ -43,9 +43,24 @@ def test_builtin_model_predicts_from_the_voice_alone(tmp_path):
     assert out.returncode == 0 and "built-in speech model, audio only" in out.stderr and out.stdout.startswith(str(clip))
 
 
+def test_builtin_model_refuses_a_soundless_stream_in_words(tmp_path):
+    """A camera has no sound: watch with the speech model says so, and how to look at faces."""
+    from avhgr.decode import MediaError
+    from avhgr.watch import watch
+
+    mute = write_media(tmp_path / "camera.mp4", face_frames(10), 10)
+    with pytest.raises(MediaError, match="no audio stream, and the built-in speech model, audio only hears only audio .*--model"):
+        watch(Predictor(device="cpu"), str(mute), emit=lambda w: None)
+
+
 def test_model_card_is_made_from_cv_json():
     cv = json.loads((SPEECH / "cv.json").read_text())
-    assert (SPEECH / "MODEL_CARD.md").read_text() == model_card(cv)  # no figure typed by hand
+    card = json.loads((SPEECH / "model.json").read_text())
+    text = (SPEECH / "MODEL_CARD.md").read_text()
+    assert text == model_card(cv, card)  # no figure typed by hand
+    # the figures follow the files: another fold count or class list changes the card
+    fewer = {**cv, "folds": cv["folds"][:3], "classes": cv["classes"][:4]}
+    assert "3 folds" in model_card(fewer, card) and "chance 25.0 %" in model_card(fewer, card) and "chance 16.7 %" in text
     accs = [f["video_accuracy"] for f in cv["folds"]]
     assert len(accs) == 6 and cv["mean"] == pytest.approx(np.mean(accs)) and cv["std"] == pytest.approx(np.std(accs, ddof=1))
     confusion = np.array(cv["confusion"])

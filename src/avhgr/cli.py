@@ -186,7 +186,7 @@ def predict(
     timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
     hop: Optional[float] = typer.Option(None, help="Windows every HOP seconds over the whole file (a regular timeline; default: random windows as in training)."),
     plot: Optional[Path] = typer.Option(None, help="PNG: each class's probability over time, face thumbnails, missing face/speech shaded (FILE_<name>.png for several files)."),
-    windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as in training, 30)."),
+    windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had, 30 for preprocess' default, 60 for the built-in model)."),
     device: str = typer.Option("auto"),
 ):
     """The emotion in each file, from the same preprocessing as training.
@@ -271,7 +271,7 @@ def watch(
 
     def emit(w: dict) -> None:
         if json_out:
-            typer.echo(json.dumps(w))
+            typer.echo(json.dumps({**w, "model": predictor.description}))
         elif w["emotion"] is None:
             typer.echo(f"{w['start']:8.2f}-{w['end']:.2f} s  (no face, no speech)")
         else:
@@ -295,11 +295,12 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the corpus, cache, runs and report."),
     per_class: int = typer.Option(10, help="Videos per class (10: 12 validation and 12 test videos)."),
     epochs: int = typer.Option(6, help="Epochs per stage."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: where the CPU computes bfloat16 natively)."),
 ):
     """The whole system on a built-in corpus of generated videos, offline, on the CPU."""
     from .demo import run_demo
 
-    run_demo(out, per_class, epochs, epochs)
+    run_demo(out, per_class, epochs, epochs, amp)
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -166,7 +166,7 @@ class Predictor:
             parts.append("no face was found" if has_video else "it has no video")
         if "audio" in self.modalities:
             parts.append("no speech was heard" if has_audio else "it has no audio")
-        return " and ".join(parts) + f" (the {self.description} needs {' or '.join(self.modalities)})"
+        return " and ".join(parts) + f" ({self.description}: it needs {' or '.join(self.modalities)})"
 
     def timeline(self, w: Windows, probs: np.ndarray) -> list[dict]:
         out = []

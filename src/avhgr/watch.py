@@ -133,6 +133,9 @@ def watch(predictor: Predictor, source: str, hop: float | None = None, fmt: str 
         audio_stream = container.streams.audio[0] if container.streams.audio else None
         video_stream = container.streams.video[0] if container.streams.video and "visual" in predictor.modalities else None
         if audio_stream is None and video_stream is None:
+            if container.streams.video:  # a camera without sound, and an audio-only model
+                raise MediaError(source, f"it has no audio stream, and the {predictor.description} hears only audio "
+                                         "(pass --model RUN for a model that looks at faces)")  # fmt: skip
             raise MediaError(source, "no audio or video stream")
         cutter = StreamWindows(s.window_seconds, hop, s.sample_rate, audio_stream is not None, video_stream is not None)
         heard = RunningLevel()  # the level of the windows so far (level "recording")

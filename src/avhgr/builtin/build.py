@@ -1,6 +1,6 @@
 """Build the built-in speech model and its model card from RAVDESS speech (``make model``).
 
-    python -m avhgr.builtin.build --data ../shared/data/ravdess_speech --amp
+    python -m avhgr.builtin.build --data ../shared/data/ravdess_speech
 
 1. preprocess the speech recordings (audio only, the six basic emotions, 60 windows per file:
    the pool each epoch draws from) into ``build/ravdess_speech/cache``;
@@ -82,7 +82,7 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
 
     confusion_png(confusion, classes, out / "confusion.png",
                   f"6-fold leave-two-actors-out, {cv['files']} files: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} %")  # fmt: skip
-    atomic_write_text(out / "MODEL_CARD.md", model_card(cv))
+    atomic_write_text(out / "MODEL_CARD.md", model_card(cv, card))
     return cv
 
 
@@ -96,19 +96,30 @@ def _commit() -> str | None:
         return None
 
 
-def model_card(cv: dict) -> str:
+def model_card(cv: dict, card: dict) -> str:
+    """The card, from the build's cv.json and the shipped model.json: no figure typed by hand."""
     folds = "\n".join(f"| {f['fold']} | {', '.join(f['test_actors'])} | {f['files']} | {100 * f['video_accuracy']:.1f} % | "
                       f"{100 * f['window_accuracy']:.1f} % | {f['best_epoch']} |" for f in cv["folds"])  # fmt: skip
     per_class = " · ".join(f"{c} {100 * a:.1f} %" for c, a in cv["per_class_accuracy"].items())
-    s, c = cv["settings"], cv["config"]
+    s, c, feat = cv["settings"], cv["config"], card["features"]
+    n_folds, n_actors, k = len(cv["folds"]), len(cv["actors"]), len(cv["folds"][0]["test_actors"])
+    device = {"cpu": "on the CPU", "cuda": "on a GPU"}.get(c["device"], f"on device {c['device']}")
+    start = {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(c["pretrained"], f"from {c['pretrained']}")
+    frames = int(feat["window_seconds"] * feat["sample_rate"]) // feat["hop_length"] + 1  # centred frames
+    commit = f"`{cv['commit']}`" if cv.get("commit") else "unknown"
+    note = f"\n\nOn the commit: {cv['commit_note']}." if cv.get("commit_note") else ""
+    net = s["backbone"].replace("resnet", "ResNet-")
+    augment = "Mel shifts and SpecAugment masks" if c["spec_augment"] else "no augmentation"
+    per_epoch = f"{s['windows_per_epoch']} windows per file drawn anew each epoch from {feat['windows']} cached ones" \
+        if s.get("windows_per_epoch") else f"all {feat['windows']} cached windows per file each epoch"
     level = {"window": "each window levelled by its own loudness", "recording": "spectrograms levelled per recording",
              "absolute": "absolute spectrogram levels"}[c["level"]]  # fmt: skip
     return f"""# Model card: avhgr built-in speech model
 
 **What it does.** Recognises one of six basic emotions ({', '.join(cv['classes'])}) in the
 *voice* of a recording: audio only, no face. `avhgr predict FILE` and `avhgr watch SOURCE` use it
-when no `--model` is given. It cuts the audio into 0.5 s windows, keeps those with speech, turns
-each into a 94 × 94 log-Mel spectrogram, runs a ResNet-18 on it, and averages the windows' class
+when no `--model` is given. It cuts the audio into {feat['window_seconds']} s windows, keeps those with speech, turns
+each into a {feat['n_mels']} × {frames} log-Mel spectrogram, runs a {net} on it, and averages the windows' class
 probabilities. A file without speech gets no emotion.
 
 ## Data
@@ -124,19 +135,18 @@ sentences spoken with each emotion at two intensities, twice. The six basic emot
 {cv['command']}
 ```
 
-at commit `{cv['commit'] or 'unknown'}`, in {cv['build_minutes']} minutes on the CPU. Recipe `{s['recipe']}` of
-`avhgr train` (README, "Training recipe"): {s['backbone']} from scratch, {s['epochs']} epochs, batch {s['batch_size']},
-AdamW (weight decay {s['weight_decay']}) with a cosine learning rate from 1e-3, {s['windows_per_epoch']} windows per file
-drawn anew each epoch from 60 cached ones, Mel shifts and SpecAugment masks, {level}, windows
-without speech left out. The shipped model was trained on all {len(cv['actors'])} actors (`--split all`, the last epoch kept);
-its weights are float16 ({cv['weights_bytes'] / 1e6:.1f} MB).
+at commit {commit}, in {cv['build_minutes']} minutes {device}{' with bf16 autocast' if c['amp'] else ''}. Recipe `{s['recipe']}` of
+`avhgr train` (README, "Training recipe"): {net} {start}, {s['epochs']} epochs, batch {s['batch_size']},
+{'AdamW' if c['weight_decay'] else 'Adam'} (weight decay {c['weight_decay']}), learning rate {c['lr']:g} ({c['schedule']} schedule), {per_epoch},
+{augment}, {level}, {'windows without speech left out' if c['evidence'] else 'every window used'}. The shipped model was trained on all {len(cv['actors'])} actors (`--split all`, the last epoch kept);
+its weights are float16 ({cv['weights_bytes'] / 1e6:.1f} MB).{note}
 
 ## How well it works
 
-Leave-actors-out cross-validation inside actors {cv['actors'][0]}–{cv['actors'][-1]}, the same recipe: 6 folds, each tests on
-2 actors the model never heard, validates on 2 others (best epoch) and trains on the other 8.
+Leave-actors-out cross-validation inside actors {cv['actors'][0]}–{cv['actors'][-1]}, the same recipe: {n_folds} folds, each tests on
+{k} actors the model never heard, validates on {k} others (best epoch) and trains on the other {n_actors - 2 * k}.
 
-**Test video accuracy: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} %** (mean ± std over the 6 folds; chance 16.7 %).
+**Test video accuracy: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} %** (mean ± std over the {n_folds} folds; chance {100 / len(cv['classes']):.1f} %).
 
 | fold | test actors | files | file accuracy | window accuracy | best epoch |
 | --- | --- | --- | --- | --- | --- |
@@ -148,7 +158,7 @@ Per class, pooled over the folds: {per_class}.
 
 ## What it is not for
 
-- It has heard 12 actors reading two English sentences in a studio. Other languages, spontaneous
+- It has heard {n_actors} actors reading two English sentences in a studio. Other languages, spontaneous
   or conversational speech, children, singing, music, telephone or noisy recordings are outside
   what it has seen; expect lower accuracy there, and check on your own data first.
 - Acted emotion is not felt emotion. It must not be used to make decisions about people
@@ -170,15 +180,20 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/ravdess_speech"), help="RAVDESS speech (Actor_01 ...)")
     ap.add_argument("--work", type=Path, default=Path("build/ravdess_speech"), help="cache and runs (resumable)")
     ap.add_argument("--out", type=Path, default=SPEECH, help="where the model, its card and figures go")
-    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA only)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on CUDA, and on CPUs with native bf16 as make demo)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--card-only", action="store_true", help="write MODEL_CARD.md again from the cv.json in --out (no training)")
     args = ap.parse_args()
     if args.card_only:
-        atomic_write_text(args.out / "MODEL_CARD.md", model_card(json.loads((args.out / "cv.json").read_text())))
+        cv, card = (json.loads((args.out / name).read_text()) for name in ("cv.json", "model.json"))
+        atomic_write_text(args.out / "MODEL_CARD.md", model_card(cv, card))
         return
     if not args.data.is_dir():
         sys.exit(f"error: {args.data}: not a folder (RAVDESS speech, Actor_01 ... Actor_NN)")
+    if args.amp is None:  # bf16 on CUDA, and on CPUs that compute it natively (as make demo)
+        from ..distributed import cpu_has_native_bf16, resolve_device
+
+        args.amp = resolve_device(args.device).type == "cuda" or cpu_has_native_bf16()
     cv = build(args.data, args.work, args.out, args.amp, args.device)
     print(f"{args.out}: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} % over {FOLDS} folds; model card {args.out / 'MODEL_CARD.md'}")
 
