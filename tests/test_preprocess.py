@@ -45,6 +45,36 @@ def test_log_mel_is_94_by_94_and_sees_pitch():
     assert spec[0].mean(axis=1).argmax() < spec[1].mean(axis=1).argmax()
 
 
+@pytest.mark.parametrize("settings", [FeatureSettings(), FeatureSettings(n_mels=64, n_fft=1024, hop_length=160, sample_rate=16_000)],
+                         ids=["shipped filterbank", "librosa's filterbank"])  # fmt: skip
+def test_log_mel_equals_librosa(settings):
+    """Our numpy log-Mel is librosa's melspectrogram + power_to_db, for speech-like, quiet and silent windows."""
+    import librosa
+
+    from avhgr.features import SHIPPED_MEL_FILTERS, mel_filters
+
+    rng = np.random.default_rng(0)
+    n = int(settings.window_seconds * settings.sample_rate)
+    t = np.arange(n) / settings.sample_rate
+    voice = 0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * t)) * (1 + np.sin(2 * np.pi * 4 * t))
+    windows = np.stack([voice, 0.1 * rng.standard_normal(n), 1e-4 * voice, np.zeros(n)]).astype(np.float32)
+    mel = librosa.feature.melspectrogram(y=windows, sr=settings.sample_rate, n_fft=settings.n_fft, hop_length=settings.hop_length,
+                                         window="hann", center=True, n_mels=settings.n_mels, power=2.0)  # fmt: skip
+    expected = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    ours = log_mel(windows, settings)
+    assert ours.shape == expected.shape == (4, settings.n_mels, settings.spec_frames)
+    # float32 FFTs round differently: equal to 1e-4 dB within 60 dB of each window's peak, and to
+    # 0.05 dB in the bins further down (rounding noise of the peak's power)
+    near = expected >= expected.max(axis=(1, 2), keepdims=True) - 60
+    np.testing.assert_allclose(ours[near], expected[near], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours, expected, atol=0.05, rtol=0)
+    librosa_filters = librosa.filters.mel(sr=settings.sample_rate, n_fft=settings.n_fft, n_mels=settings.n_mels)
+    np.testing.assert_array_equal(mel_filters(settings.sample_rate, settings.n_fft, settings.n_mels), librosa_filters)
+    with np.load(SHIPPED_MEL_FILTERS) as shipped:  # the shipped file is what librosa computes for its settings
+        sr, n_fft, n_mels = shipped["settings"].tolist()
+        np.testing.assert_array_equal(shipped["filters"], librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels))
+
+
 @pytest.fixture(scope="module")
 def corpus_cache(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache")
