@@ -92,7 +92,12 @@ def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     rising = (bins[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
     falling = (edges[2:, None] - bins[None, :]) / np.diff(edges)[1:, None]
     triangles = np.maximum(0.0, np.minimum(rising, falling))
-    return (triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+    filters = (triangles * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+    filters.flags.writeable = False  # shared by every call (cached)
+    return filters
+
+
+MEL_CHUNK = 4
 
 
 def log_mel(windows: np.ndarray, s: FeatureSettings = FeatureSettings()) -> np.ndarray:
@@ -103,14 +108,20 @@ def log_mel(windows: np.ndarray, s: FeatureSettings = FeatureSettings()) -> np.n
     matters (within 60 dB of the window's peak; float32 rounding below, tested),
     in numpy: without librosa's 1.6 s import on every `predict`."""
     y = np.ascontiguousarray(windows, dtype=np.float32)
+    if y.ndim != 2:
+        raise ValueError(f"log_mel takes (windows, samples) audio, got shape {y.shape}")
     y = np.pad(y, ((0, 0), (s.n_fft // 2, s.n_fft // 2)))
-    frames = np.lib.stride_tricks.sliding_window_view(y, s.n_fft, axis=-1)[:, :: s.hop_length]  # (n, frames, n_fft)
     hann = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(s.n_fft) / s.n_fft)).astype(np.float32)  # periodic, as librosa's
-    power = (np.abs(np.fft.rfft(frames * hann, axis=-1)) ** 2).astype(np.float32)
-    mel = mel_filters(s.sample_rate, s.n_fft, s.n_mels) @ power.transpose(0, 2, 1)
+    filters = mel_filters(s.sample_rate, s.n_fft, s.n_mels)
+    out = np.empty((len(y), s.n_mels, max(0, 1 + (y.shape[1] - s.n_fft) // s.hop_length)), np.float32)
+    for i in range(0, len(y), MEL_CHUNK):  # a few windows at a time: the frames and their FFT are ~4 MB a window
+        frames = np.lib.stride_tricks.sliding_window_view(y[i : i + MEL_CHUNK], s.n_fft, axis=-1)[:, :: s.hop_length]
+        spec = np.fft.rfft(frames * hann, axis=-1)
+        power = (spec.real**2 + spec.imag**2).astype(np.float32, copy=False)
+        out[i : i + MEL_CHUNK] = filters @ power.transpose(0, 2, 1)
     # Absolute dB (ref 1.0): loudness carries emotion, so no per-window normalisation here;
     # training standardises with the training set's mean and deviation.
-    return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
+    return 10.0 * np.log10(np.maximum(out, 1e-10), out=out)
 
 
 # Speech detection on the log-Mel spectrogram itself, so that training (from a cache of any age),

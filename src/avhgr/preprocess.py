@@ -48,7 +48,7 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
         if n_samples == 0:
             has_audio = False  # an audio stream with no decodable sample: treat as missing
         else:
-            # In chunks: the STFT of one window takes ~1.5 MB, which adds up under `predict --windows`.
+            # In chunks, kept as float16: under `predict --windows N` float32 spectrograms of every window add up.
             result["specs"] = np.concatenate([log_mel(audio[i : i + FRAME_CHUNK], settings).astype(np.float16)
                                               for i in range(0, len(audio), FRAME_CHUNK)])  # fmt: skip
     if info.has_video and cropper is not None:
