@@ -3,6 +3,7 @@
     .venv/bin/python bench/learning.py                       # demo corpus: 5 models x 3 seeds (~25 min on 2 CPU cores)
     .venv/bin/python bench/learning.py --compare             # + the joint-stage variants, paper recipe vs ours
     .venv/bin/python bench/learning.py --ravdess ../shared/data/ravdess_speech --folds 0,1,2   # real speech, audio only
+    .venv/bin/python bench/learning.py --skip-demo --cache build/ravdess_speech/cache --folds 0 --set spec_augment=false   # one part off
 
 Part 1, the demo corpus (``avhgr.demo``: face and voice each show the class on 70 % of the
 videos, together on all): audio-only, visual-only, baseline (CE only), fg and fgh, each seed
@@ -130,13 +131,17 @@ def ravdess_part(args) -> None:
                        workers=default_workers(), progress=False)  # fmt: skip
     from avhgr.distributed import resolve_device
 
-    amp = args.amp if args.amp is not None else resolve_device(args.device).type == "cuda"
+    from avhgr.distributed import cpu_has_native_bf16
+
+    # as the built-in model's build: bf16 on CUDA and on CPUs that compute it natively
+    amp = args.amp if args.amp is not None else resolve_device(args.device).type == "cuda" or cpu_has_native_bf16()
     accs, per_epoch = [], []
     for fold in args.folds:
-        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}_fold{fold}"
+        tag = "".join(f"_{k}{v}" for k, v in sorted(args.set.items()))
+        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}{tag}_fold{fold}"
         cfg = TrainConfig(cache=str(cache), out=str(out), modalities=("audio",), split="actor", fold=fold, backbone=args.backbone,
                           epochs=args.ravdess_epochs, batch_size=args.batch_size, recipe=args.recipe, device=args.device,
-                          amp=amp, windows_per_epoch=args.windows_per_epoch or None)  # fmt: skip
+                          amp=amp, windows_per_epoch=args.windows_per_epoch or None, **args.set)  # fmt: skip
         report = train(cfg, resume=True, log=print if args.verbose else QUIET)
         rows = metrics_rows(out)
         per_epoch.append(float(np.mean([float(r["seconds"]) for r in rows])))
@@ -146,8 +151,22 @@ def ravdess_part(args) -> None:
         print(f"fold {fold} (test {', '.join(actors)}): test video accuracy {100 * report['video_accuracy']:.1f} % "
               f"on {report['videos']} files, best epoch {report['stages']['stage1_audio']['best_epoch']}, "
               f"{per_epoch[-1]:.0f} s per epoch", flush=True)  # fmt: skip
-    print(f"RAVDESS speech, audio only, 6 classes, actor-disjoint, {args.backbone}, recipe {args.recipe}: "
+    print(f"RAVDESS speech, audio only, 6 classes, actor-disjoint, {args.backbone}, recipe {args.recipe}"
+          f"{''.join(f', {k}={v}' for k, v in args.set.items())}: "
           f"{fmt(accs)} % over folds {args.folds}; {np.mean(per_epoch):.0f} s per epoch (train + validation)")
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE -> (key, value), the value read as JSON where it is one (false, 0, 1e-4), else a string."""
+    from dataclasses import fields
+
+    key, _, value = text.partition("=")
+    if key not in {f.name for f in fields(TrainConfig)}:
+        raise argparse.ArgumentTypeError(f"{key!r} is not a training setting (TrainConfig field)")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -161,17 +180,21 @@ def main() -> None:
     ap.add_argument("--ravdess", type=Path, default=None, help="RAVDESS speech folder (Actor_01 ...): run part 2")
     ap.add_argument("--cache", type=Path, default=None, help="part 2: an existing RAVDESS cache")
     ap.add_argument("--windows", type=int, default=60, help="part 2: windows cached per file (the pool each epoch draws from)")
-    ap.add_argument("--windows-per-epoch", type=int, default=0, help="part 2: windows drawn per file each epoch (0: the recipe's)")
+    ap.add_argument("--windows-per-epoch", type=int, default=10, help="part 2: windows drawn per file each epoch (0: the recipe's)")
+    ap.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                    help="part 2: one training setting changed from the recipe (e.g. spec_augment=false, weight_decay=0, "
+                         "schedule=constant); repeatable; the runs go to their own folders")
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--ravdess-epochs", type=int, default=30)
+    ap.add_argument("--ravdess-epochs", type=int, default=25, help="part 2 (as the built-in model's build)")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--recipe", default="avhgr")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                    help="bf16 autocast (default: demo part as make demo, on CPUs with native bf16; RAVDESS part on CUDA)")
+                    help="bf16 autocast (default: on CUDA and on CPUs with native bf16, as make demo and make model)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    args.set = dict(args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_demo:
         demo_part(args)
