@@ -89,6 +89,32 @@ def test_cli_reports_no_emotion_in_words_and_exit_status(model, media):
     assert {"face_rate", "speech_rate", "reason", "model"} <= set(lines[0])
 
 
+def test_cli_predict_reports_a_bug_in_one_line_and_goes_on(model, media, monkeypatch, tmp_path, capsys):
+    """An unexpected exception on one file: one line naming it, the traceback in a log, the next file predicted, exit 1."""
+    from typer.testing import CliRunner
+
+    from avhgr import predict as predict_module
+    from avhgr.cli import app
+
+    real = predict_module.Predictor.predict_file
+
+    def buggy(self, path, *args, **kwargs):
+        if "silence" in str(path):
+            raise ValueError("torch.cat(): expected a non-empty list of Tensors")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module.Predictor, "predict_file", buggy)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where gettempdir() points
+    res = CliRunner().invoke(app, ["predict", str(media["silence.wav"]), str(media["face_voice.mp4"]), "--model", str(model),
+                                   "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 1 and "Traceback" not in res.output and "torch.cat" not in res.output
+    assert f"error: {media['silence.wav']}: internal error, a bug in avhgr" in res.output
+    assert str(media["face_voice.mp4"]) + ": " in res.output  # the next file still got its answer
+    assert "torch.cat" in (tmp_path / "avhgr-predict-errors.log").read_text()
+
+
 def test_hop_timeline_covers_the_file_and_plots(model, media, tmp_path):
     predictor = Predictor(model, device="cpu")
     res, faces = predictor.predict_file(media["face_voice.mp4"], timeline=True, hop=0.25, keep_faces=True)
