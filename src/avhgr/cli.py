@@ -218,7 +218,11 @@ def predict(
             failed += 1
             continue
         except Exception as exc:  # noqa: BLE001 - a bug, not the file's fault: one line, the traceback kept, the next file
-            typer.secho(f"error: {path}: {_report_predict_bug(path, exc)}", fg="red", err=True)
+            import tempfile
+
+            from .preprocess import log_bug
+
+            typer.secho(f"error: {path}: {log_bug(Path(tempfile.gettempdir()) / 'avhgr-predict-errors.log', path, exc)}", fg="red", err=True)
             failed += 1
             continue
         silent += result["emotion"] is None
@@ -248,19 +252,6 @@ def predict(
         raise typer.Exit(1)
     if silent:
         raise typer.Exit(NO_EMOTION_EXIT)
-
-
-def _report_predict_bug(path: Path, exc: Exception) -> str:
-    import tempfile
-    import traceback
-
-    log = Path(tempfile.gettempdir()) / "avhgr-predict-errors.log"
-    try:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"== {path}\n{''.join(traceback.format_exception(exc))}\n")
-    except OSError:
-        return f"internal error, a bug in avhgr ({type(exc).__name__}: {exc})"
-    return f"internal error, a bug in avhgr: please report it with the traceback in {log}"
 
 
 @app.command()

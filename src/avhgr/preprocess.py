@@ -176,12 +176,20 @@ def _report_bug(out: Path, path: str, exc: Exception) -> str:
     """An unexpected exception is a bug in avhgr or a library, not a property of the file: keep
     its traceback in the cache's errors.log and say so on stderr (one line), so it is neither
     hidden nor shown to the user as the file's fault. Returns the reason recorded for the file."""
-    log = out / ERRORS_LOG
-    with open(log, "a", encoding="utf-8") as f:  # one write: workers append whole entries
-        f.write(f"== {path}\n{''.join(traceback.format_exception(exc))}\n")
-    reason = f"internal error, a bug in avhgr: please report it with the traceback in {log}"
+    reason = log_bug(out / ERRORS_LOG, path, exc)
     print(f"warning: {path}: {reason}", file=sys.stderr, flush=True)
     return reason
+
+
+def log_bug(log: Path, path: str | Path, exc: Exception) -> str:
+    """Append ``exc``'s traceback to ``log`` (one write: processes append whole entries); the
+    one-line reason to show the user."""
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"== {path}\n{''.join(traceback.format_exception(exc))}\n")
+    except OSError:
+        return f"internal error, a bug in avhgr ({type(exc).__name__}: {exc})"
+    return f"internal error, a bug in avhgr: please report it with the traceback in {log}"
 
 
 def run_preprocess(
