@@ -60,9 +60,9 @@ def fmt(values) -> str:
 def demo_part(args) -> None:
     cache = demo_cache(args.out, args.per_class)
     seeds = list(range(args.seeds))
-    from avhgr.distributed import cpu_has_native_bf16
+    from avhgr.distributed import fast_amp
 
-    amp = args.amp if args.amp is not None else cpu_has_native_bf16()  # as make demo
+    amp = args.amp if args.amp is not None else fast_amp("cpu")  # as make demo
     print(f"demo corpus, ResNet-18, {'bf16 autocast' if amp else 'float32'} on the CPU", flush=True)
     common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, device="cpu", amp=amp)
     # The baseline first: it trains the seed's stage 1, which the others start from.
@@ -129,12 +129,9 @@ def ravdess_part(args) -> None:
         videos, classes = select_emotions(index_dataset("ravdess", args.ravdess), "basic6")
         run_preprocess(videos, classes, cache, FeatureSettings(windows=args.windows), args.ravdess, "ravdess",
                        workers=default_workers(), progress=False)  # fmt: skip
-    from avhgr.distributed import resolve_device
+    from avhgr.distributed import fast_amp
 
-    from avhgr.distributed import cpu_has_native_bf16
-
-    # as the built-in model's build: bf16 on CUDA and on CPUs that compute it natively
-    amp = args.amp if args.amp is not None else resolve_device(args.device).type == "cuda" or cpu_has_native_bf16()
+    amp = args.amp if args.amp is not None else fast_amp(args.device)  # as the built-in model's build
     accs, per_epoch = [], []
     for fold in args.folds:
         tag = "".join(f"_{k}{v}" for k, v in sorted(args.set.items()))

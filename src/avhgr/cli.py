@@ -307,8 +307,12 @@ def demo(
 ):
     """The whole system on a built-in corpus of generated videos, offline, on the CPU."""
     from .demo import run_demo
+    from .runs import RunError
 
-    run_demo(out, per_class, epochs, epochs, amp)
+    try:
+        run_demo(out, per_class, epochs, epochs, amp)
+    except RunError as exc:  # e.g. --per-class too small to split
+        fail(str(exc))
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -126,7 +126,7 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
     """Corpus -> preprocess -> audio-only, visual-only, baseline, fg, fgh -> table, predict, report."""
     from .cache import Cache
     from .datasets import index_dataset, select_emotions
-    from .distributed import cpu_has_native_bf16
+    from .distributed import fast_amp
     from .features import FeatureSettings
     from .plots import contact_sheet
     from .predict import Predictor
@@ -145,7 +145,7 @@ def run_demo(out: Path, per_class: int = 10, epochs: int = 6, pretrain_epochs: i
     log(f"      {report['videos_ok']} videos, faces found in {100 * report['face_found_rate']:.1f} % of windows")
     contact_sheet(Cache.open(out / "cache"), out / "contact_sheet.png", per_class=2)
     # bf16 autocast where the CPU has it natively (2-2.5x faster; float32 elsewhere)
-    amp = cpu_has_native_bf16() if amp is None else amp
+    amp = fast_amp("cpu") if amp is None else amp
     log(f"[3/5] training on the CPU with a small backbone (ResNet-18, 64 px faces, {'bf16' if amp else 'float32'}); the paper's is ResNet-50")
     common = dict(cache=str(out / "cache"), backbone="resnet18", batch_size=32, lr=1e-3, epochs=epochs, device="cpu", seed=0, amp=amp)
     runs = out / "runs"

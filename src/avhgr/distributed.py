@@ -98,6 +98,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def fast_amp(device: str | torch.device = "auto") -> bool:
+    """Whether bf16 autocast is the faster choice on ``device``: on CUDA, and on CPUs that compute
+    bfloat16 natively (what make demo, make model and bench/learning.py use by default)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast
     trains a ResNet 2-2.5x faster than float32; on other CPUs it is emulated, and slower."""

@@ -191,9 +191,9 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"error: {args.data}: not a folder (RAVDESS speech, Actor_01 ... Actor_NN)")
     if args.amp is None:  # bf16 on CUDA, and on CPUs that compute it natively (as make demo)
-        from ..distributed import cpu_has_native_bf16, resolve_device
+        from ..distributed import fast_amp
 
-        args.amp = resolve_device(args.device).type == "cuda" or cpu_has_native_bf16()
+        args.amp = fast_amp(args.device)
     cv = build(args.data, args.work, args.out, args.amp, args.device)
     print(f"{args.out}: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} % over {FOLDS} folds; model card {args.out / 'MODEL_CARD.md'}")
 
