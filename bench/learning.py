@@ -134,8 +134,7 @@ def ravdess_part(args) -> None:
     amp = args.amp if args.amp is not None else fast_amp(args.device)  # as the built-in model's build
     accs, per_epoch = [], []
     for fold in args.folds:
-        tag = "".join(f"_{k}{v}" for k, v in sorted(args.set.items()))
-        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}{tag}_fold{fold}"
+        out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}{_tag(args.set)}_fold{fold}"
         cfg = TrainConfig(cache=str(cache), out=str(out), modalities=("audio",), split="actor", fold=fold, backbone=args.backbone,
                           epochs=args.ravdess_epochs, batch_size=args.batch_size, recipe=args.recipe, device=args.device,
                           amp=amp, windows_per_epoch=args.windows_per_epoch or None, **args.set)  # fmt: skip

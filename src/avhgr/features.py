@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
-
 @dataclass(frozen=True)
 class FeatureSettings:
     windows: int = 30

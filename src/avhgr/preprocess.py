@@ -25,7 +25,7 @@ from .decode import MediaError, probe, read_audio_windows, read_frames_at
 from .features import FeatureSettings, key_frame_times, log_mel, regular_window_starts, sample_window_starts, video_seed
 
 
-FRAME_CHUNK = 32  # windows whose key frames (a 1080p frame is 6 MB) or STFTs are held at once
+FRAME_CHUNK = 32  # windows whose key frames (a 1080p frame is 6 MB) are held at once
 
 
 def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None, hop: float | None = None) -> dict:
@@ -48,9 +48,7 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
         if n_samples == 0:
             has_audio = False  # an audio stream with no decodable sample: treat as missing
         else:
-            # In chunks, kept as float16: under `predict --windows N` float32 spectrograms of every window add up.
-            result["specs"] = np.concatenate([log_mel(audio[i : i + FRAME_CHUNK], settings).astype(np.float16)
-                                              for i in range(0, len(audio), FRAME_CHUNK)])  # fmt: skip
+            result["specs"] = log_mel(audio, settings).astype(np.float16)  # log_mel bounds its own memory
     if info.has_video and cropper is not None:
         result["faces"], result["face_found"] = crop_faces(path, key_times, cropper)
     result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}

@@ -105,7 +105,6 @@ def model_card(cv: dict, card: dict) -> str:
     n_folds, n_actors, k = len(cv["folds"]), len(cv["actors"]), len(cv["folds"][0]["test_actors"])
     device = {"cpu": "on the CPU", "cuda": "on a GPU"}.get(c["device"], f"on device {c['device']}")
     start = {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(c["pretrained"], f"from {c['pretrained']}")
-    frames = int(feat["window_seconds"] * feat["sample_rate"]) // feat["hop_length"] + 1  # centred frames
     commit = f"`{cv['commit']}`" if cv.get("commit") else "unknown"
     note = f"\n\nOn the commit: {cv['commit_note']}." if cv.get("commit_note") else ""
     net = s["backbone"].replace("resnet", "ResNet-")
@@ -119,7 +118,7 @@ def model_card(cv: dict, card: dict) -> str:
 **What it does.** Recognises one of six basic emotions ({', '.join(cv['classes'])}) in the
 *voice* of a recording: audio only, no face. `avhgr predict FILE` and `avhgr watch SOURCE` use it
 when no `--model` is given. It cuts the audio into {feat['window_seconds']} s windows, keeps those with speech, turns
-each into a {feat['n_mels']} × {frames} log-Mel spectrogram, runs a {net} on it, and averages the windows' class
+each into a {feat['n_mels']} × {FeatureSettings(**feat).spec_frames} log-Mel spectrogram, runs a {net} on it, and averages the windows' class
 probabilities. A file without speech gets no emotion.
 
 ## Data
