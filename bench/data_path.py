@@ -41,17 +41,17 @@ def main() -> None:
     n = len(cache.windows["video"])
     rng = np.random.default_rng(0)
     chunks = [rng.choice(n, args.batch_size, replace=n < args.batch_size) for _ in range(args.batches)]
-    size = cache.faces.shape[1]
+    size = cache.visual.shape[1]
     print(f"{args.cache}: {n} windows, faces {size}x{size}, batch {args.batch_size}, device {torch.cuda.get_device_name(device) if cuda else 'CPU'}, "
           f"{torch.get_num_threads()} CPU threads")  # fmt: skip
-    np.asarray(cache.faces[:]).sum()  # the cache in the page cache, as after the first epoch
+    np.asarray(cache.visual[:]).sum()  # the cache in the page cache, as after the first epoch
 
     def sync():
         if cuda:
             torch.cuda.synchronize()
 
     def host_normalised(rows):
-        faces = (_gather(cache.faces, rows).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        faces = (_gather(cache.visual, rows).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         specs = (_gather(cache.spectrograms, rows).astype(np.float32) - reader.audio_mean) / reader.audio_std
         visual = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2))).to(device)
         return visual, torch.from_numpy(specs[:, None]).to(device)

@@ -1,30 +1,38 @@
-"""Does it learn? Test accuracy of every model over several seeds, side by side, in one run.
+"""Does it learn, and does Soft-HGR help? Every model over seeds, paired, in one run.
 
-    .venv/bin/python bench/learning.py                       # demo corpus: 5 models x 3 seeds (~25 min on 2 CPU cores)
-    .venv/bin/python bench/learning.py --compare             # + the joint-stage variants, paper recipe vs ours
-    .venv/bin/python bench/learning.py --ravdess ../shared/data/ravdess_speech --folds 0,1,2   # real speech, audio only
+    .venv/bin/python bench/learning.py                          # demo corpus: 5 models x 5 seeds, paired differences
+    .venv/bin/python bench/learning.py --grid                   # + fg and fgh at λ 0.01, 0.1, 1 with 1 and 2 fusion layers
+    .venv/bin/python bench/learning.py --skip-demo --ravdess ../shared/data/ravdess_speech --folds 0,1,2   # real speech, audio only
     .venv/bin/python bench/learning.py --skip-demo --cache build/ravdess_speech/cache --folds 0 --set spec_augment=false   # one part off
 
-Part 1, the demo corpus (``avhgr.demo``: face and voice each show the class on 70 % of the
-videos, together on all): audio-only, visual-only, baseline (CE only), fg and fgh, each seed
-with its own random split; stage 1 is trained once per seed (the baseline run) and shared. It
-prints mean ± std test video accuracy per model, and for the joint models L_corr at the first
-joint step and the validation accuracy after the first joint epoch beside stage 1's best, and
-the time. ``--compare`` adds fg and fgh under each joint-stage variant (the paper's literal
-recipe, feature standardisation, function-preserving rescale, λ warm-up, lower stage-2 rate).
+Part 1, the demo corpus (``avhgr.demo.DEMO_CORPUS``, where no fused model saturates): in each
+seed (its own random split) the baseline run trains stage 1 and every other model starts from
+it (audio only and visual only are its two networks; fg and fgh take the same stage 1, the same
+fusion warm-up and, epoch by epoch, the same batches and augmentation draws), so the methods are
+paired by seed. It prints mean ± std test video accuracy per model at the kept (best-validation)
+epoch and at the last epoch, the per-seed table, the paired differences fg − baseline and
+fgh − baseline with their 95 % t interval over seeds, the stage-2 epoch each kept, and whether a
+method ended up keeping the same model as the baseline (identical weights). ``--grid`` adds the
+paper's λ ∈ {0.01, 0.1, 1} at 1 and 2 fusion layers, each against the baseline of its depth.
 
 Part 2 (``--ravdess``), RAVDESS speech, six classes, audio only, actor-disjoint: one run per
 fold of a 6-fold leave-two-actors-out split of the 12 actors (two test actors, two validation
 actors, eight training actors per fold); prints each fold's test accuracy, mean ± std, and the
 time per epoch.
+
+Part 3 (``--ravdess-au DIR --ravdess SPEECH``), real faces and voices: the speech recordings with
+the facial action units of the same takes (OpenFace, one vector per recording) as the visual
+input; per fold and seed the baseline trains stage 1 (a ResNet on spectrograms, an MLP on the
+action units) and audio only, visual only, fg and fgh start from it, paired as in part 1.
+``--au-lams`` adds other λ and picks λ per fold and seed by validation.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,95 +40,105 @@ import numpy as np
 from avhgr.datasets import index_dataset, select_emotions
 from avhgr.features import FeatureSettings
 from avhgr.preprocess import default_workers, run_preprocess
-from avhgr.train import TrainConfig, train
+from avhgr.runs import weights_digest
+from avhgr.stats import format_difference, mean_std, paired_difference
+from avhgr.train import TrainConfig, train_owned
 
 QUIET = lambda *a, **k: None  # noqa: E731
 
 
 def demo_cache(out: Path, per_class: int) -> Path:
-    from avhgr.demo import FRAME_SIZE, build_corpus
+    from avhgr.demo import DEMO_CORPUS, DEMO_FEATURES, build_corpus
 
-    manifest = build_corpus(out / "corpus", per_class)
+    manifest = build_corpus(out / "corpus", replace(DEMO_CORPUS, per_class=per_class))
     videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
-    settings = FeatureSettings(windows=10, face_size=64, detect_size=FRAME_SIZE[1], min_face=30)
-    run_preprocess(videos, classes, out / "cache", settings, manifest, "csv", workers=default_workers(), progress=False)
+    run_preprocess(videos, classes, out / "cache", DEMO_FEATURES, manifest, "csv", workers=default_workers(), progress=False)
     return out / "cache"
 
 
-def metrics_rows(run: Path) -> list[dict]:
-    with (run / "metrics.csv").open() as fh:
-        return list(csv.DictReader(fh))
+def accuracy_table(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: per model, mean ± std test video accuracy at the kept and the last epoch, per seed."""
+    lines = ["| model | test video accuracy (kept epoch) | last epoch | per seed (kept) | stage-2 epoch kept per seed |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, rows in results.items():
+        kept = [r["video_accuracy"] for r in rows]
+        last = [r["last_epoch"] for r in rows]
+        epochs = " ".join(str(r["best_epoch"]) for r in rows if r["best_epoch"] is not None)
+        lines.append(f"| {name} | {mean_std(kept, 1)} % | {mean_std(last, 1)} % | {' '.join(f'{100 * a:.1f}' for a in kept)} | {epochs} |")
+    return lines
 
 
-def fmt(values) -> str:
-    v = 100 * np.asarray(values, dtype=float)
-    return f"{v.mean():5.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:4.1f}"
+def difference_table(results: dict[str, list[dict]], baseline: str, methods: list[str]) -> list[str]:
+    """Markdown lines: each method − ``baseline`` per seed, mean and 95 % interval, at the kept and
+    the last epoch, and in how many seeds the method kept the very model the baseline kept."""
+    lines = ["| difference | kept epoch | last epoch | seeds where it kept the baseline's model |", "| --- | --- | --- | --- |"]
+    base = results[baseline]
+    for name in methods:
+        rows = results[name]
+        d_kept = paired_difference([r["video_accuracy"] for r in rows], [r["video_accuracy"] for r in base])
+        d_last = paired_difference([r["last_epoch"] for r in rows], [r["last_epoch"] for r in base])
+        same = sum(r["digest"] == b["digest"] for r, b in zip(rows, base))
+        lines.append(f"| {name} − {baseline} | {format_difference(d_kept)} | {format_difference(d_last)} | {same} of {len(rows)} |")
+    return lines
+
+
+def outcome(report: dict, folder: Path) -> dict:
+    stage2 = report["stages"].get("stage2", {})
+    return {"video_accuracy": report["video_accuracy"], "last_epoch": (report.get("last_epoch") or {}).get("video_accuracy"),
+            "best_epoch": stage2.get("best_epoch"), "first_step_corr": stage2.get("first_step_corr"),
+            "digest": weights_digest(folder / "model.safetensors")}  # fmt: skip
 
 
 def demo_part(args) -> None:
-    cache = demo_cache(args.out, args.per_class)
-    seeds = list(range(args.seeds))
     from avhgr.distributed import fast_amp
 
+    t0 = time.time()
+    cache = demo_cache(args.out, args.per_class)
+    seeds = list(range(args.seeds))
     amp = args.amp if args.amp is not None else fast_amp("cpu")  # as make demo
-    print(f"demo corpus, ResNet-18, {'bf16 autocast' if amp else 'float32'} on the CPU", flush=True)
-    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, device="cpu", amp=amp)
-    # The baseline first: it trains the seed's stage 1, which the others start from.
+    precision = "bf16" if amp else "fp32"
+    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, pretrain_epochs=args.epochs, device="cpu",
+                  amp=amp)  # fmt: skip
     models = [("baseline", dict(corr="none")), ("audio only", dict(modalities=("audio",))), ("visual only", dict(modalities=("visual",))),
               ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip
-    # (name, settings, whether it trains all five models or only fg and fgh on the recipe's stage 1)
-    variants = [("avhgr recipe (default)", {}, True)]
-    if args.compare:
-        variants = [
-            ("paper recipe", dict(recipe="paper"), True),
-            *variants,
-            ("avhgr, feature_norm none", dict(feature_norm="none"), False),
-            ("avhgr, feature_norm rescale", dict(feature_norm="rescale"), False),
-            ("avhgr, none + λ warm-up 2", dict(feature_norm="none", lam_warmup=2), False),
-            ("avhgr, none + stage-2 lr 1e-4", dict(feature_norm="none", stage2_lr=1e-4), False),
-        ]
-    runs = args.out / "runs" / ("bf16" if amp else "fp32")  # a resumed run keeps its precision: never mix them
-    table = []
-    for variant, extra, every_model in variants:
-        recipe = extra.get("recipe", "avhgr")
-        results: dict[str, list] = {name: [] for name, _ in models}
-        first: dict[str, list] = {"fg": [], "fgh": []}
-        t0 = time.time()
-        for seed in seeds:
-            base = runs / recipe / f"seed{seed}" / "baseline"
-            for name, model_kw in models:
-                if not every_model and name not in ("fg", "fgh"):
-                    continue
-                folder = base if name == "baseline" else runs / recipe / f"seed{seed}" / (name.replace(" ", "_") + _tag(extra))
-                kw = {**common, **model_kw, "seed": seed, "pretrain_epochs": args.epochs, "recipe": recipe,
-                      **{k: v for k, v in extra.items() if k != "recipe"}}  # fmt: skip
-                if name != "baseline":
-                    kw["init_from"] = str(base)
-                report = train(TrainConfig(out=str(folder), **kw), resume=True, log=QUIET)
-                results[name].append(report["video_accuracy"])
-                if name in first:
-                    rows = metrics_rows(folder)
-                    stage1 = min(float(max(float(r["val_video_acc"]) for r in metrics_rows(base) if r["stage"] == f"stage1_{m}"))
-                                 for m in ("audio", "visual"))  # fmt: skip
-                    first_val = float([r for r in rows if r["stage"] == "stage2"][0]["val_video_acc"])
-                    first[name].append((report["stages"]["stage2"]["first_step_corr"], first_val, stage1))
-        minutes = (time.time() - t0) / 60
-        for name, accs in results.items():
-            if not accs:
-                continue
-            line = f"{variant:30s} {name:12s} {fmt(accs)} %  per seed {' '.join(f'{100 * a:5.1f}' for a in accs)}"
-            if name in first:
-                fc = [f[0] for f in first[name]]
-                line += f"  first-step L_corr {' '.join(f'{c:+.2f}' for c in fc)}  val after joint epoch 1 vs stage 1's best: "
-                line += " ".join(f"{100 * v:.0f}/{100 * s1:.0f}" for _, v, s1 in first[name])
-            table.append(line)
-            print(line, flush=True)
-        print(f"{variant}: {minutes:.1f} min", flush=True)
-    (args.out / "learning_demo.txt").write_text("\n".join(table) + "\n")
+    grid = []
+    if args.grid:
+        for layers in (1, 2):
+            if layers != 2:
+                grid.append((f"baseline, {layers} layer", dict(corr="none", fusion_layers=layers)))
+            for method in ("fg", "fgh"):
+                for lam in (0.01, 0.1, 1.0):
+                    if (layers, lam) != (2, 1.0):  # the default, above
+                        grid.append((f"{method} λ={lam:g}, {layers} layer{'s' if layers > 1 else ''}", dict(corr=method, lam=lam, fusion_layers=layers)))
+    results: dict[str, list[dict]] = {name: [] for name, _ in models + grid}
+    for seed in seeds:
+        base = args.out / "runs" / precision / f"seed{seed}" / "baseline"
+        for name, kw in models + grid:
+            folder = base if name == "baseline" else base.parent / name.replace(" ", "_").replace(",", "").replace("=", "")
+            init = {} if name == "baseline" else dict(init_from=str(base))
+            report = train_owned(TrainConfig(out=str(folder), seed=seed, **common, **kw, **init), log=QUIET)
+            results[name].append(outcome(report, folder))
+        print(f"seed {seed}: " + "  ".join(f"{n} {100 * results[n][-1]['video_accuracy']:.1f}" for n, _ in models)
+              + f"  [{(time.time() - t0) / 60:.1f} min]", flush=True)  # fmt: skip
+    lines = [f"Demo corpus ({args.per_class} videos per class), ResNet-18, {args.epochs} epochs per stage after a one-epoch fusion "
+             f"warm-up, {precision} on the CPU, seeds {seeds[0]}–{seeds[-1]}, {(time.time() - t0) / 60:.1f} min", ""]  # fmt: skip
+    lines += accuracy_table({n: results[n] for n, _ in models})
+    lines += ["", f"Paired differences over seeds {seeds[0]}–{seeds[-1]} (in each seed the same stage 1, warm-up and batches):", ""]
+    lines += difference_table(results, "baseline", ["fg", "fgh"])
+    if grid:
+        lines += ["", "λ and fusion depth (the paper's grid), each against the baseline of its depth:", ""]
+        lines += accuracy_table({n: results[n] for n, _ in grid}) + [""]
+        for layers in (1, 2):
+            names = [n for n, kw in grid if kw.get("fusion_layers") == layers and kw["corr"] != "none"]
+            lines += difference_table(results, "baseline" if layers == 2 else f"baseline, {layers} layer", names) + [""]
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    (args.out / f"learning_demo_{precision}.md").write_text(text)
+    (args.out / f"learning_demo_{precision}.json").write_text(json.dumps(results, indent=1))
 
 
-def _tag(extra: dict) -> str:
-    return "".join(f"_{k}{v}" for k, v in sorted(extra.items()) if k != "recipe")
+def _tag(settings: dict) -> str:
+    return "".join(f"_{k}{v}" for k, v in sorted(settings.items()))
 
 
 def ravdess_part(args) -> None:
@@ -136,20 +154,75 @@ def ravdess_part(args) -> None:
     for fold in args.folds:
         out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}{_tag(args.set)}_fold{fold}"
         cfg = TrainConfig(cache=str(cache), out=str(out), modalities=("audio",), split="actor", fold=fold, backbone=args.backbone,
-                          epochs=args.ravdess_epochs, batch_size=args.batch_size, recipe=args.recipe, device=args.device,
-                          amp=amp, windows_per_epoch=args.windows_per_epoch or None, **args.set)  # fmt: skip
-        report = train(cfg, resume=True, log=print if args.verbose else QUIET)
-        rows = metrics_rows(out)
-        per_epoch.append(float(np.mean([float(r["seconds"]) for r in rows])))
+                          epochs=args.ravdess_epochs, recipe=args.recipe, device=args.device, amp=amp, **args.set)  # fmt: skip
+        report = train_owned(cfg, log=print if args.verbose else QUIET)
+        rows = (out / "metrics.csv").read_text().splitlines()[1:]
+        per_epoch.append(float(np.median([float(r.split(",")[-1]) for r in rows])))
         split = json.loads((out / "split.json").read_text())
         actors = sorted({Path(e["path"]).parent.name for e in split["test"]})
         accs.append(report["video_accuracy"])
         print(f"fold {fold} (test {', '.join(actors)}): test video accuracy {100 * report['video_accuracy']:.1f} % "
-              f"on {report['videos']} files, best epoch {report['stages']['stage1_audio']['best_epoch']}, "
-              f"{per_epoch[-1]:.0f} s per epoch", flush=True)  # fmt: skip
+              f"on {report['videos']} files (last epoch {100 * report['last_epoch']['video_accuracy']:.1f} %), "
+              f"best epoch {report['stages']['stage1_audio']['best_epoch']}, {per_epoch[-1]:.0f} s per epoch", flush=True)  # fmt: skip
     print(f"RAVDESS speech, audio only, 6 classes, actor-disjoint, {args.backbone}, recipe {args.recipe}"
           f"{''.join(f', {k}={v}' for k, v in args.set.items())}: "
-          f"{fmt(accs)} % over folds {args.folds}; {np.mean(per_epoch):.0f} s per epoch (train + validation)")
+          f"{mean_std(accs, 1)} % over folds {args.folds}; median {np.median(per_epoch):.0f} s per epoch (train + validation)")
+
+
+def ravdess_au_part(args) -> None:
+    """Real faces and voices: RAVDESS speech (actors 1-12, six classes) with the facial action units
+    of the same takes as the visual input, actor-disjoint folds x seeds, every model paired."""
+    from avhgr.distributed import fast_amp
+    from avhgr.visual_features import open_table
+
+    t0 = time.time()
+    table = args.ravdess_au / "ravdess_au_actors_01-12.csv" if args.ravdess_au.is_dir() else args.ravdess_au
+    videos, classes = select_emotions(index_dataset("ravdess", args.ravdess), "basic6")
+    cache = args.out / "ravdess_au_cache"
+    run_preprocess(videos, classes, cache, FeatureSettings(windows=args.windows), args.ravdess, "ravdess", workers=default_workers(),
+                   progress=False, features=open_table(table))  # fmt: skip
+    amp = args.amp if args.amp is not None else fast_amp(args.device)
+    precision = "bf16" if amp else "fp32"
+    common = dict(cache=str(cache), split="actor", backbone=args.backbone, pretrain_epochs=args.ravdess_epochs, epochs=args.joint_epochs,
+                  device=args.device, amp=amp, **args.set)  # fmt: skip
+    models = [("baseline", dict(corr="none")), ("audio only", dict(modalities=("audio",))), ("visual only (AUs)", dict(modalities=("visual",))),
+              ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip
+    grid = [(f"{m} λ={lam:g}", dict(corr=m, lam=lam)) for m in ("fg", "fgh") for lam in args.au_lams if lam != 1.0]
+    results: dict[str, list[dict]] = {name: [] for name, _ in models + grid}
+    pairs = [(fold, seed) for seed in range(args.seeds) for fold in args.folds]
+    for fold, seed in pairs:
+        base = args.out / "ravdess_au_runs" / precision / f"seed{seed}_fold{fold}" / "baseline"
+        for name, kw in models + grid:
+            folder = base if name == "baseline" else base.parent / name.split(" (")[0].replace(" ", "_").replace("=", "")
+            init = {} if name == "baseline" else dict(init_from=str(base))
+            report = train_owned(TrainConfig(out=str(folder), fold=fold, seed=seed, **common, **kw, **init), log=QUIET)
+            results[name].append(outcome(report, folder) | {"val": report["stages"].get("stage2", {}).get("best_val_video_accuracy")})
+        print(f"fold {fold} seed {seed}: " + "  ".join(f"{n} {100 * results[n][-1]['video_accuracy']:.1f}" for n, _ in models)
+              + f"  [{(time.time() - t0) / 60:.1f} min]", flush=True)  # fmt: skip
+    lines = [f"RAVDESS speech + facial action units, actors 1-12, six classes, actor-disjoint (6-fold leave-two-actors-out, folds "
+             f"{args.folds} x seeds 0-{args.seeds - 1}), {args.backbone} on spectrograms, an MLP on the 35 action units, stage 1 "
+             f"{args.ravdess_epochs} epochs, stage 2 {args.joint_epochs} after a one-epoch fusion warm-up, {precision}, "
+             f"{(time.time() - t0) / 60:.0f} min", ""]  # fmt: skip
+    lines += accuracy_table({n: results[n] for n, _ in models})
+    lines += ["", "Paired differences over the fold x seed pairs (in each the same stage 1, warm-up and batches):", ""]
+    lines += difference_table(results, "baseline", ["fg", "fgh", "audio only"])
+    if grid:
+        lines += ["", f"λ for fg and fgh (the paper's values {', '.join(f'{x:g}' for x in args.au_lams)}), against the baseline:", ""]
+        lines += accuracy_table({n: results[n] for n, _ in grid}) + [""]
+        lines += difference_table(results, "baseline", [n for n, _ in grid])
+        lam_of = {"fg": 1.0, "fgh": 1.0, **{n: kw["lam"] for n, kw in grid}}
+        chosen = []
+        for method in ("fg", "fgh"):  # λ chosen per pair by validation, never by test
+            names = [method] + [n for n, kw in grid if kw["corr"] == method]
+            picks = [max(names, key=lambda n: (results[n][i]["val"], -abs(np.log10(lam_of[n])))) for i in range(len(pairs))]
+            results[f"{method}, λ by validation"] = [results[n][i] for i, n in enumerate(picks)]
+            chosen.append(f"{method}, λ by validation")
+        lines += ["", "λ chosen per fold and seed by stage 2's validation accuracy (ties: the λ nearest 1):", ""]
+        lines += difference_table(results, "baseline", chosen)
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    (args.out / f"learning_ravdess_au_{precision}.md").write_text(text)
+    (args.out / f"learning_ravdess_au_{precision}.json").write_text(json.dumps(results, indent=1))
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -168,22 +241,23 @@ def _setting(text: str) -> tuple[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("bench_out/learning"))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=6, help="demo: epochs of each stage")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=6, help="demo: epochs of each stage (stage 2's after its warm-up)")
     ap.add_argument("--per-class", type=int, default=10)
-    ap.add_argument("--compare", action="store_true", help="demo: the joint-stage variants side by side")
+    ap.add_argument("--grid", action="store_true", help="demo: fg and fgh at the paper's λ 0.01, 0.1, 1 with 1 and 2 fusion layers")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--ravdess", type=Path, default=None, help="RAVDESS speech folder (Actor_01 ...): run part 2")
     ap.add_argument("--cache", type=Path, default=None, help="part 2: an existing RAVDESS cache")
     ap.add_argument("--windows", type=int, default=60, help="part 2: windows cached per file (the pool each epoch draws from)")
-    ap.add_argument("--windows-per-epoch", type=int, default=10, help="part 2: windows drawn per file each epoch (0: the recipe's)")
     ap.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                     help="part 2: one training setting changed from the recipe (e.g. spec_augment=false, weight_decay=0, "
-                         "schedule=constant); repeatable; the runs go to their own folders")
+                         "schedule=constant, windows_per_epoch=10, batch_size=64); repeatable; the runs go to their own folders")
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--ravdess-epochs", type=int, default=25, help="part 2 (as the built-in model's build)")
+    ap.add_argument("--ravdess-epochs", type=int, default=12, help="part 2: epochs (a user's first run); part 3: stage-1 epochs")
+    ap.add_argument("--ravdess-au", type=Path, default=None, help="part 3: the RAVDESS action units (ravdess_au/ or its CSV), with --ravdess")
+    ap.add_argument("--joint-epochs", type=int, default=4, help="part 3: stage-2 epochs after the warm-up")
+    ap.add_argument("--au-lams", type=lambda s: [float(x) for x in s.split(",")], default=[1.0], help="part 3: λ values for fg and fgh")
     ap.add_argument("--backbone", default="resnet18")
-    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--recipe", default="avhgr")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -194,7 +268,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_demo:
         demo_part(args)
-    if args.ravdess or args.cache:
+    if args.ravdess_au:
+        if not args.ravdess:
+            ap.error("--ravdess-au needs --ravdess (the speech recordings whose faces the action units describe)")
+        ravdess_au_part(args)
+    elif args.ravdess or args.cache:
         ravdess_part(args)
 
 

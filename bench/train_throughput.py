@@ -108,7 +108,7 @@ def main() -> None:
     warmup = 5 if cuda else 1
     cache = Cache.open(args.cache)
     c, bs = len(cache.classes), args.batch_size
-    face_size = cache.faces.shape[1]
+    face_size = cache.visual.shape[1]
     amp = cuda
     fmt = torch.channels_last if cuda else torch.contiguous_format
     print(f"device {torch.cuda.get_device_name(device) if cuda else 'CPU'} ({torch.get_num_threads()} threads), {backbone}, "
@@ -140,7 +140,7 @@ def main() -> None:
         s = Session(cfg)
         torch.manual_seed(0)
         train_windows = s.reader.windows(s.split["train"])
-        stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", corr_stage=True)
+        stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", joint=True)
         model, train_model, opt = prepare(s, stage)
         batch = s.reader.read(train_windows[:bs], s.labeled).to(device, s.channels_last)
         b = bs / timed(lambda: train_step(s, stage, train_model, opt, batch, cfg.lam), steps, warmup, device)

@@ -56,12 +56,12 @@ def tiny(tmp_path_factory) -> Path:
     Every face and every voice shows its own class (no misleading videos): each modality alone
     can tell the classes apart, so a network that is trained as it should learns."""
     from avhgr.datasets import index_dataset, select_emotions
-    from avhgr.demo import build_corpus
+    from avhgr.demo import EASY, CorpusSpec, build_corpus
     from avhgr.features import FeatureSettings
     from avhgr.preprocess import run_preprocess
 
     root = tmp_path_factory.mktemp("tiny")
-    manifest = build_corpus(root / "corpus", per_class=5, duration=1.2, unreliable=0.0)
+    manifest = build_corpus(root / "corpus", CorpusSpec(per_class=5, duration=1.2, **EASY))
     videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
     settings = FeatureSettings(windows=4, face_size=32, detect_size=320, min_face=30)
     run_preprocess(videos, classes, root / "cache", settings, manifest, "csv", progress=False)

@@ -33,6 +33,7 @@ def test_device_normalisation_matches_the_formula(channels_last):
     spec_expected[~audio_present] = 0
     np.testing.assert_allclose(batch.audio.numpy()[:, 0], spec_expected, rtol=1e-6, atol=1e-6)
     assert batch.labels.tolist() == [0, 1, 2, 0, 1] and batch.visual_present.device.type == "cpu"
+    assert batch.rows.weight("visual", "audio").tolist() == [1, 0, 1, 0, 1]  # the losses' weights: the same masks
 
 
 @pytest.mark.parametrize("spec_dtype", [np.float16, np.float32])
@@ -40,10 +41,10 @@ def test_moving_a_host_batch_leaves_it_unchanged(spec_dtype):
     """A host batch can go to the device twice (e.g. evaluated twice) with the same result."""
     faces, specs = raw_windows()
     host = host_batch(faces, specs.astype(spec_dtype), np.ones(5, bool), np.array([1, 1, 0, 1, 1], bool), (-30.0, 12.0))
-    before = host.specs.clone(), host.faces.clone()
+    before = host.specs.clone(), host.visual.clone()
     first, second = host.to("cpu"), host.to("cpu")
     assert torch.equal(first.audio, second.audio) and torch.equal(first.visual, second.visual)
-    assert torch.equal(host.specs, before[0]) and torch.equal(host.faces, before[1])
+    assert torch.equal(host.specs, before[0]) and torch.equal(host.visual, before[1])
 
 
 def test_device_batches_read_ahead_in_order_and_report_failures():
@@ -109,7 +110,7 @@ def test_training_step_never_waits_for_the_device():
     model = AVHGRModel(6, "resnet18", feature_norm="batch").to("meta")
     cfg = TrainConfig(cache="c", out="o", labeled_fraction=0.5)  # the default recipe: augmentation, AdamW
     session = SimpleNamespace(device=torch.device("meta"), amp=False, cfg=cfg, dist=DistInfo())
-    stage = Stage("stage2", model, [], 1, 10, "fgh", corr_stage=True)
+    stage = Stage("stage2", model, [], 1, 10, "fgh", joint=True)
     opt = torch.optim.AdamW([p for p in model.parameters()], weight_decay=cfg.weight_decay)
     host.to("meta")  # once-per-device constants are made on the first batch
     with CrossDeviceCopies() as copies:
@@ -118,4 +119,4 @@ def test_training_step_never_waits_for_the_device():
     assert losses.device.type == "meta"
     assert copies.blocking == []
     with pytest.raises(RuntimeError):  # the premise: a sync on meta does fail
-        bool(batch.labeled.any())
+        bool(batch.rows.weight("labeled").any())

@@ -54,7 +54,7 @@ def cropper():
 def test_frames_smaller_than_mtcnn_scale_give_no_face(hostile, cropper):
     result = process_file(hostile / "happiness" / "tiny_16px.mp4", SMALL, cropper)
     assert result["face_found"].tolist() == [False] * 4  # handled like any faceless window
-    assert result["faces"].shape == (4, 32, 32, 3) and result["specs"].shape[0] == 4
+    assert result["visual"].shape == (4, 32, 32, 3) and result["specs"].shape[0] == 4
 
 
 def test_one_frame_video_is_a_video(hostile, cropper):

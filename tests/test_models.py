@@ -4,20 +4,19 @@ import pytest
 import torch
 from torch import nn
 
-from avhgr.data import Batch
+from avhgr.data import Batch, Rows
 from avhgr.losses import correlation_loss
 from avhgr.models import FEATURE_DIM, AVHGRModel, FusionNet, ModalityNet, PretrainedWeightsError, build_backbone
 
 NUM_CLASSES = 6
 
 
-def make_batch(visual=None, audio=None, labels=None, visual_present=None, audio_present=None) -> Batch:
+def make_batch(visual=None, audio=None, labels=None, visual_present=None, audio_present=None, labeled=None) -> Batch:
     n = (visual if visual is not None else audio).shape[0]
     every = torch.ones(n, dtype=torch.bool)
+    rows = Rows.of(every if visual_present is None else visual_present, every if audio_present is None else audio_present, labeled)
     return Batch(visual=visual, audio=audio, labels=labels if labels is not None else torch.zeros(n, dtype=torch.long),
-                 visual_present=every if visual_present is None else visual_present,
-                 audio_present=every if audio_present is None else audio_present,
-                 labeled=every, video=torch.zeros(n, dtype=torch.long))  # fmt: skip
+                 video=torch.zeros(n, dtype=torch.long), rows=rows)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_evidence_changes_the_networks_inputs(model, media):
     predictor = Predictor(model, device="cpu")
     w, _ = predictor.windows_of_file(media["faceless_voice.mp4"])
     probs, used = predictor.probabilities(w)
-    audio_only = type(w)(starts=w.starts, faces=None, specs=w.specs, face=np.zeros(len(w.starts), bool), speech=w.speech)
+    audio_only = type(w)(starts=w.starts, visual=None, specs=w.specs, face=np.zeros(len(w.starts), bool), speech=w.speech)
     probs_no_video, _ = predictor.probabilities(audio_only)
     np.testing.assert_allclose(probs[used], probs_no_video[used], atol=1e-6)
     w.face[:] = True  # pretend the crops were faces: the answer changes

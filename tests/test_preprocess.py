@@ -101,9 +101,9 @@ def test_corpus_cache_contents(corpus_cache):
     assert by_name["short_0.3s.mp4"]["duration"] == pytest.approx(0.3, abs=0.1)
     w = cache.windows
     assert cache.num_windows == 4 * len(cache.videos)
-    assert cache.faces.shape[1:] == (48, 48, 3) and cache.faces.dtype == np.uint8
+    assert cache.visual.shape[1:] == (48, 48, 3) and cache.visual.dtype == np.uint8
     assert cache.spectrograms.shape[1:] == (94, 94) and cache.spectrograms.dtype == np.float16
-    assert (w["face_row"] >= 0).sum() == len(cache.faces) and (w["spec_row"] >= 0).sum() == len(cache.spectrograms)
+    assert (w["face_row"] >= 0).sum() == len(cache.visual) and (w["spec_row"] >= 0).sum() == len(cache.spectrograms)
     assert ((w["face_row"] >= 0) == (w["has_video"] == 1)).all()
     # Labels and the face detector: the astronaut's face is found in the face videos.
     for name, label in [("face av.mp4", "happiness"), ("portrait.mp4", "sadness"), ("face_44k_stereo.mkv", "sadness")]:
@@ -122,7 +122,7 @@ def test_face_crop_is_centred_on_the_face(corpus_cache):
     cache = Cache.open(corpus_cache[0])
     name_to_id = {Path(v["path"]).name: v["id"] for v in cache.videos}
     row = cache.windows["face_row"][np.flatnonzero(cache.windows["video"] == name_to_id["face av.mp4"])[0]]
-    face = cache.faces[row].astype(np.float32)
+    face = cache.visual[row].astype(np.float32)
     # The canvas around the photo is a flat 235 gray; a face crop holds little of it.
     assert np.mean(np.all(np.abs(face - 235) < 3, axis=-1)) < 0.2
 
@@ -226,3 +226,113 @@ def test_real_ravdess_speech_index(shared_data):
     assert {v.subject for v in videos} == {f"actor{i:02d}" for i in range(1, 13)}
     sample = next(v for v in videos if v.path.name == "03-01-07-02-01-02-11.flac")
     assert sample.label == "disgust" and sample.subject == "actor11"
+
+
+# ------------------------------------------------------------------ failed files tried again, shares of one cache
+
+CACHE_BYTES = ("faces.npy", "spectrograms.npy", "windows.csv", "videos.csv", "index.csv", "settings.json")
+
+
+def same_cache(a: Path, b: Path) -> None:
+    for name in CACHE_BYTES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert json.loads((a / "report.json").read_text())["failed"] == json.loads((b / "report.json").read_text())["failed"]
+
+
+def test_a_failed_file_fixed_since_is_processed_by_retry_failed(corpus, tmp_path):
+    data = tmp_path / "data" / "happiness"
+    data.mkdir(parents=True)
+    good = (corpus / "happiness" / "face av.mp4").read_bytes()
+    for i in range(3):
+        (data / f"clip{i}.mp4").write_bytes(good)
+    (data / "clip1.mp4").write_bytes(b"not a video at all")
+    videos, classes = select_emotions(index_dataset("folder", tmp_path / "data"), "happiness")
+    first = run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False)
+    assert first["videos_failed"] == 1 and "not a readable media file" in first["failed"][0]["reason"]
+    (data / "clip1.mp4").write_bytes(good)  # the file is fixed
+    again = run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False)
+    assert again["videos_failed"] == 1  # a file's own failure is not tried again unasked
+    fixed = run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False, retry_failed=True)
+    assert fixed["videos_failed"] == 0 and fixed["videos_ok"] == 3
+    run_preprocess(videos, classes, tmp_path / "fresh", SMALL, tmp_path / "data", "folder", progress=False)
+    same_cache(tmp_path / "c", tmp_path / "fresh")  # as if it had never failed
+
+
+def test_a_file_that_failed_by_a_bug_is_tried_again_by_default(corpus, tmp_path, monkeypatch):
+    import avhgr.preprocess as preprocess
+
+    videos, classes = select_emotions(index_dataset("folder", corpus), "happiness,sadness")
+    videos = [v for v in videos if v.path.name.startswith("face")]
+    real = preprocess.process_file
+
+    def buggy(path, *args, **kwargs):
+        if Path(path).name == "face av.mp4":
+            raise IndexError("a bug of ours")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess, "process_file", buggy)
+    first = run_preprocess(videos, classes, tmp_path / "c", SMALL, corpus, "folder", progress=False)
+    assert first["videos_failed"] == 1 and first["failed"][0]["reason"].startswith("internal error")
+    monkeypatch.setattr(preprocess, "process_file", real)  # the bug is fixed
+    again = run_preprocess(videos, classes, tmp_path / "c", SMALL, corpus, "folder", progress=False)
+    assert again["videos_failed"] == 0 and again["videos_ok"] == 2
+    run_preprocess(videos, classes, tmp_path / "fresh", SMALL, corpus, "folder", progress=False)
+    same_cache(tmp_path / "c", tmp_path / "fresh")
+
+
+@pytest.fixture()
+def six_clips(corpus, tmp_path):
+    data = tmp_path / "data" / "happiness"
+    data.mkdir(parents=True)
+    for i in range(6):
+        shutil.copy(corpus / "happiness" / "face av.mp4", data / f"clip{i}.mp4")
+    (data / "clip3.mp4").write_bytes(b"broken")  # a failure is part of the cache too
+    cmd = [sys.executable, "-m", "avhgr", "preprocess", "--dataset", "folder", "--root", str(tmp_path / "data"),
+           "--windows", "6", "--face-size", "48", "--workers", "1", "--emotions", "happiness"]  # fmt: skip
+    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    return cmd
+
+
+def test_two_shards_make_the_cache_of_one_process(six_clips, tmp_path):
+    out = tmp_path / "sharded"
+    first = subprocess.run([*six_clips, "--out", str(out), "--shard", "0/2"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "share 0/2 done" in first.stdout and "3 of 6 files are still to do" in first.stdout, first.stdout
+    assert not (out / "COMPLETE").exists() and len(list((out / "parts").iterdir())) == 3  # videos 0, 2, 4
+    second = subprocess.run([*six_clips, "--out", str(out), "--shard", "1/2"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "5 videos" in second.stdout, second.stdout  # the last share consolidated
+    same_cache(out, tmp_path / "whole")
+    assert not (out / "parts").exists() and not (out / "consolidating.lock").exists()
+
+
+def test_three_shards_one_killed_and_rerun_make_the_cache_of_one_process(six_clips, tmp_path):
+    out = tmp_path / "sharded"
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}  # share 0/3
+    assert subprocess.run([*six_clips, "--out", str(out), "--shard", "auto"], env=env, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["000000.npz", "000003.fail.json"]
+    killed = subprocess.Popen([*six_clips, "--out", str(out), "--shard", "1/3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "parts" / "000001.npz").exists():
+        assert time.time() < deadline and killed.poll() is None, "shard 1/3 wrote nothing"
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    third = subprocess.run([*six_clips, "--out", str(out), "--shard", "2/3"], capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "still to do" in third.stdout and not (out / "COMPLETE").exists(), third.stdout
+    with pytest.raises(CacheError, match="not finished"):
+        Cache.open(out)
+    rerun = subprocess.run([*six_clips, "--out", str(out), "--shard", "1/3"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "5 videos" in rerun.stdout, rerun.stdout
+    same_cache(out, tmp_path / "whole")
+
+
+def test_shard_settings_are_checked(tmp_path):
+    from avhgr.preprocess import parse_shard
+
+    assert parse_shard("2/3") == (2, 3) and parse_shard(None) is None
+    assert parse_shard("auto", {"RANK": "1", "WORLD_SIZE": "4"}) == (1, 4)
+    for bad in ("3/3", "a/b", "1"):
+        with pytest.raises(CacheError, match="--shard"):
+            parse_shard(bad)
+    with pytest.raises(CacheError, match="no SLURM job array"):
+        parse_shard("auto", {})

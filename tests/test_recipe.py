@@ -99,12 +99,18 @@ def test_lambda_warm_up_and_cosine_schedule():
     assert cfg.lam_at(0, 5, 10) == pytest.approx(0.5)  # a quarter of the way: 0.25 · λ
     assert cfg.lam_at(1, 5, 10) == pytest.approx(1.5)
     assert cfg.lam_at(2, 0, 10) == cfg.lam_at(3, 9, 10) == 2.0
-    stage = Stage("stage2", None, [], 4, 10, "fgh", corr_stage=True)
+    stage = Stage("stage2", None, [], 4, 10, "fgh", joint=True)
     cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
-    assert [cfg.lr_at(stage, e, "fusion") for e in range(4)] == pytest.approx(cosine)
-    assert [cfg.lr_at(stage, e, "networks") for e in range(4)] == pytest.approx([0.0, *cosine[1:]])  # fusion_warmup 1: stage-1 networks wait
+    assert [cfg.lr_at(stage, e) for e in range(4)] == pytest.approx(cosine)
     stage1 = Stage("stage1_audio", None, [], 4, 1)
-    assert [cfg.lr_at(stage1, e, "networks") for e in range(4)] == pytest.approx(cosine)
+    assert [cfg.lr_at(stage1, e) for e in range(4)] == pytest.approx(cosine)
+    lower = TrainConfig(cache="c", out="o", lr=1e-3, stage2_lr=1e-4, schedule="constant")
+    assert (lower.lr_at(stage, 2), lower.lr_at(stage1, 2)) == (1e-4, 1e-3)  # --stage2-lr acts in stage 2 only
+    with pytest.raises(RunError, match="--stage2-lr must be positive"):
+        TrainConfig(cache="c", out="o", stage2_lr=0)  # 0 no longer means "the same as --lr"
+    with pytest.raises(RunError, match="--windows-per-epoch must be all or"):
+        TrainConfig(cache="c", out="o", windows_per_epoch=0)  # nor does 0 mean "all"
+    assert TrainConfig(cache="c", out="o", windows_per_epoch="7").windows_per_epoch == 7
     assert TrainConfig(cache="c", out="o", recipe="paper").lam_at(0, 0, 10) == 1.0
     paper = TrainConfig(cache="c", out="o", recipe="paper")
     assert (paper.feature_norm, paper.weight_decay, paper.schedule, paper.spec_augment, paper.evidence) == ("none", 0.0, "constant", False, False)
@@ -132,13 +138,14 @@ def test_level_offsets_remove_loudness():
     quiet = (0.05 * np.sin(2 * np.pi * 220 * t) * (rng.random(24_000) * 0.2 + 0.9)).astype(np.float32)
     s = FeatureSettings()
     specs = log_mel(np.stack([quiet, 10 * quiet]), s)
-    for level in ("recording", "window"):
-        off = level_offsets(specs, level)
-        if level == "window":
-            levelled = specs - off[:, None, None]
-            np.testing.assert_allclose(levelled[0], levelled[1], atol=1e-3)  # 20 dB louder, the same after levelling
-        else:
-            assert off[0] == off[1]
+    window = level_offsets(specs, "window")
+    levelled = specs - window[:, None, None]
+    np.testing.assert_allclose(levelled[0], levelled[1], atol=1e-3)  # 20 dB louder, the same after levelling
+    np.testing.assert_allclose(window, [np.percentile(s, 95) for s in specs], rtol=1e-6)
+    recording = level_offsets(specs, "recording")  # one level for the whole recording: the windows keep their difference
+    assert recording[0] == recording[1] == pytest.approx(np.percentile(specs, 95), rel=1e-6)
+    assert window[0] < recording[0] < window[1]  # the loud window's dB dominate the recording's 95th percentile
+    np.testing.assert_allclose((specs - recording[:, None, None])[1] - (specs - recording[:, None, None])[0], specs[1] - specs[0])
     assert (level_offsets(specs, "absolute") == 0).all()
     with pytest.raises(ValueError):
         level_offsets(specs, "loud")

@@ -170,7 +170,7 @@ def test_cache_arrays_are_memory_mapped(tiny):
     from avhgr.cache import Cache
 
     cache = Cache.open(tiny / "cache")
-    assert isinstance(cache.faces, np.memmap) and isinstance(cache.spectrograms, np.memmap)
+    assert isinstance(cache.visual, np.memmap) and isinstance(cache.spectrograms, np.memmap)
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:

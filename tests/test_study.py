@@ -49,8 +49,8 @@ def test_stability_quick(tiny):
     # Stage 1 was trained once: the other cells start from the base run.
     runs = tiny / "study_stability" / "runs"
     assert (runs / "baseline_L1" / "seed0" / "stage1_audio.safetensors").exists()
-    assert {r["stage"] for r in read_csv(runs / "baseline_L1" / "seed0" / "metrics.csv")} == {"stage1_audio", "stage1_visual", "stage2"}
-    assert {r["stage"] for r in read_csv(runs / "fgh_lam1_L2" / "seed0" / "metrics.csv")} == {"stage2"}
+    assert {r["stage"] for r in read_csv(runs / "baseline_L1" / "seed0" / "metrics.csv")} == {"stage1_audio", "stage1_visual", "stage2_warmup", "stage2"}
+    assert {r["stage"] for r in read_csv(runs / "fgh_lam1_L2" / "seed0" / "metrics.csv")} == {"stage2_warmup", "stage2"}
     assert not list(runs.glob("*/seed0/*.last.pt"))  # finished cells keep weights, not optimiser states
     shared = [runs / cell / "seed0" / "stage1_audio.safetensors" for cell in ("baseline_L1", "fgh_lam1_L2")]
     assert shared[0].stat().st_ino == shared[1].stat().st_ino  # one stage 1 on disk, hard-linked

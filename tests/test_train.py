@@ -15,7 +15,6 @@ import avhgr.predict
 import avhgr.train
 from avhgr.data import labeled_subset, split_videos
 from avhgr.evaluate import evaluate_run, missing_assignment
-from avhgr.losses import joint_objective
 from avhgr.models import AVHGRModel
 from avhgr.predict import Predictor
 from avhgr.runs import RunError, load_state
@@ -79,8 +78,9 @@ def test_best_epoch_is_kept(trained):
     out, _ = trained
     rows = [r for r in read_metrics(out) if r["stage"] == "stage2"]
     accs = [float(r["val_video_acc"]) for r in rows]
+    keys = [(float(r["val_video_acc"]), float(r["val_window_acc"])) for r in rows]
     state = torch.load(out / "stage2.last.pt", weights_only=True)  # kept: keep_states=True
-    assert state["best_epoch"] == int(np.argmax(accs)) + 1  # the first epoch of the best accuracy
+    assert state["best_epoch"] == keys.index(max(keys)) + 1  # the best video accuracy, then window accuracy, then the earlier epoch
     stage2 = json.loads((out / "report.json").read_text())["stages"]["stage2"]
     assert (stage2["epochs"], stage2["best_epoch"]) == (4, state["best_epoch"])
     assert stage2["best_val_video_accuracy"] == pytest.approx(max(accs), abs=1e-6)
@@ -92,32 +92,46 @@ def test_best_epoch_is_kept(trained):
         assert not all(torch.equal(state["model"][k], best[k]) for k in best)
 
 
-def test_labeled_fraction_masks_labels(tiny):
+def test_labeled_fraction_masks_labels_in_the_training_step(tiny):
+    """The trainer's own step (augmentation, standardised f, g and h, AdamW) with half the labels:
+    the unlabelled rows' labels change nothing (loss, L_corr, updated weights), a labelled row's
+    label does."""
+    import copy
+
+    from avhgr.distributed import DistInfo
+    from avhgr.train import Stage, train_step
+
     cfg = TrainConfig(cache=str(tiny / "cache"), out=str(tiny / "semi"), labeled_fraction=0.5, epochs=0, pretrain_epochs=0, **TINY)
-    session = Session(cfg)
+    session = Session(cfg, DistInfo())
     assert len(session.labeled) == 12  # half of the 3 training videos of each of 6 classes, rounded up
-    model = AVHGRModel(6, "resnet18").eval()
-    windows = session.reader.windows(session.split["train"])
-    batch = session.reader.read(windows, session.labeled).to("cpu")
-    assert 0 < batch.labeled.sum() < len(windows)
-    model.train()
+    torch.manual_seed(0)
+    start = AVHGRModel(6, "resnet18", feature_norm="batch")
+    windows = session.reader.windows(session.split["train"])[:24]
+    host = session.reader.read(windows, session.labeled)
+    labeled = host.rows[:, 2].clone()
+    assert 0 < labeled.sum() < len(windows)
 
-    def loss(batch):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            model.eval()  # fixed BatchNorm statistics: only the labels may change the loss
-            out = model(batch)
-        h = model.label(torch.nn.functional.one_hot(batch.labels, 6).float())
-        _, ce, corr = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, h, "fgh", semi=True)
-        return ce.item(), corr.item()
+    def step(labels):
+        model = copy.deepcopy(start)
+        model.freeze_unused("fgh")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=cfg.weight_decay)
+        torch.manual_seed(1)  # the same augmentation draws
+        batch = host.to("cpu")
+        batch.labels = labels
+        losses = train_step(session, Stage("stage2", model, [], 1, 10, "fgh", joint=True), model, opt, batch, lam=1.0)
+        return losses, model.state_dict()
 
-    ce, corr = loss(batch)
-    flipped = batch.labels.clone()
-    flipped[~batch.labeled] = (flipped[~batch.labeled] + 1) % 6  # unlabelled rows' labels must not matter
-    batch.labels = flipped
-    assert loss(batch) == pytest.approx((ce, corr))
-    batch.labels[batch.labeled] = (batch.labels[batch.labeled] + 1) % 6
-    assert loss(batch)[0] != pytest.approx(ce)
+    labels = host.labels.clone()
+    losses, weights = step(labels)
+    flipped = labels.clone()
+    flipped[~labeled] = (flipped[~labeled] + 1) % 6  # unlabelled rows' labels must not matter
+    same, same_weights = step(flipped)
+    assert torch.equal(same, losses) and all(torch.equal(same_weights[k], weights[k]) for k in weights)
+    changed = labels.clone()
+    changed[torch.nonzero(labeled)[0]] = (changed[torch.nonzero(labeled)[0]] + 1) % 6  # one labelled row
+    other, other_weights = step(changed)
+    assert other[0] != losses[0] and other[1] != losses[1]  # its CE and its h terms
+    assert not torch.equal(other_weights["label.weight"], weights["label.weight"])
 
 
 def test_resume_ends_where_an_uninterrupted_run_does(tiny):
@@ -185,7 +199,9 @@ def test_evaluate_with_missing_modalities(trained, tiny):
     assert gone["window_accuracy"] == pytest.approx(no_faces["window_accuracy"])
     drop = missing_assignment(list(range(10)), "both", 0.8, seed=1)
     assert len(drop) == 8 and sorted(drop.values()).count("audio") == 4
-    assert missing_assignment(list(range(10)), "audio", 0.2) == missing_assignment(list(range(10)), "audio", 0.2)
+    chosen = [set(missing_assignment(list(range(10)), "audio", 0.2, seed=s)) for s in range(5)]
+    assert all(len(c) == 2 for c in chosen) and len({frozenset(c) for c in chosen}) > 1  # two videos, another pair per seed
+    assert len(missing_assignment(list(range(10)), "visual")) == 10  # no rate: every video misses it
 
 
 def test_predict_on_files(trained, tiny, monkeypatch):
@@ -245,13 +261,14 @@ def test_stage2_starts_from_the_best_stage1_epochs(tiny, tmp_path, monkeypatch):
     joint model's networks must start from the best ones (saved as stage1_*.safetensors)."""
     from safetensors.torch import load_file
 
-    scripted = iter([0.2, 0.6, 0.4, 0.5, 0.3, 0.1, 0.5])  # audio: best epoch 2; visual: best epoch 1; stage 2
+    # audio: best epoch 2; visual: best epoch 1; the fusion warm-up; stage 2
+    scripted = iter([0.2, 0.6, 0.4, 0.5, 0.3, 0.1, 0.9, 0.5])
     monkeypatch.setattr(avhgr.train.Session, "validate", lambda self, model: {"video_accuracy": next(scripted), "window_accuracy": 0.0})
     start = {}
     original = avhgr.train.train_epoch
 
     def snapshot(s, stage, train_model, opt, windows, epoch, progress=False):
-        if stage.name == "stage2" and epoch == 0:
+        if stage.name == "stage2_warmup" and epoch == 0:
             start.update({f"{m}.{k}": v.clone() for m in ("audio", "visual") for k, v in getattr(stage.model, m).state_dict().items()})
         return original(s, stage, train_model, opt, windows, epoch, progress)
 
@@ -265,12 +282,17 @@ def test_stage2_starts_from_the_best_stage1_epochs(tiny, tmp_path, monkeypatch):
         last = load_state(out / f"stage1_{m}.last.pt")["model"]
         assert all(torch.equal(start[f"{m}.{k}"], v) for k, v in best.items()), m
         assert not all(torch.equal(start[f"{m}.{k}"], v) for k, v in last.items()), m  # not the last epoch's
-    # Stage 2's one epoch is its fusion warm-up: the two networks' weights did not move (their
-    # BatchNorm statistics do), the fusion network's did.
-    joint = load_file(str(out / "model.safetensors"))
+        final = load_file(str(out / f"stage1_{m}.final.safetensors"))  # the last epoch's, kept for its test
+        assert all(torch.equal(final[k], v) for k, v in last.items()), m
+    # The fusion warm-up: the two networks' weights did not move (their BatchNorm statistics do),
+    # the fusion network's did. Its validation (0.9, above stage 2's 0.5) is not stage 2's best.
+    warm = load_file(str(out / "stage2_warmup.safetensors"))
     weights = [k for k in start if not k.split(".")[-1].startswith(("running_", "num_batches"))]
-    assert all(torch.equal(joint[k], start[k]) for k in weights)
-    assert any(not torch.equal(joint[k], start[k]) for k in start if "running_mean" in k)
+    assert all(torch.equal(warm[k], start[k]) for k in weights)
+    assert any(not torch.equal(warm[k], start[k]) for k in start if "running_mean" in k)
+    joint = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(joint[k], warm[k]) for k in weights)  # stage 2 trained the networks
+    assert report["stages"]["stage2"]["best_epoch"] == 1 and report["stages"]["stage2_warmup"]["epochs"] == 1
 
 
 def test_init_from_refuses_a_stage1_trained_on_other_videos_or_settings(trained, tiny, tmp_path):
@@ -308,3 +330,53 @@ def test_evaluate_refuses_a_cache_of_other_videos(trained, tiny, tmp_path):
     (other / "videos.csv").write_text(videos.replace(test_path, "someone_else.mp4"))
     with pytest.raises(RunError, match="1 of the run's 6 test videos are not in this cache"):
         evaluate_run(out, cache=other, device="cpu")
+
+
+def test_the_logged_loss_uses_lambda_at_each_step(tiny, tmp_path):
+    """Under --lam-warmup the loss in metrics.csv is CE + λ_t·L_corr with λ_t of each step (it used
+    the final λ): during the warm-up it lies between CE and CE + λ·L_corr, after it equals the latter."""
+    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "r"), corr="fg", lam=2.0, lam_warmup=2, epochs=3,
+                               pretrain_epochs=1, **TINY), log=lambda *a: None)  # fmt: skip
+    rows = [r for r in read_metrics(tmp_path / "r") if r["stage"] == "stage2"]
+    ce, corr, loss = ([float(r[k]) for r in rows] for k in ("ce", "corr", "loss"))
+    assert all(c < 0 for c in corr)  # the features correlate: L_corr < 0, so λ matters
+    assert ce[0] + 2.0 * corr[0] + 1e-3 < loss[0] < ce[0] - 1e-3  # λ_t rose from 0 to 1 over epoch 1: about ce + 0.5·corr
+    assert loss[2] == pytest.approx(ce[2] + 2.0 * corr[2], abs=2e-5)  # the warm-up is over
+    assert report["stages"]["stage2"]["epochs"] == 3
+
+
+def test_a_kill_between_the_best_weights_and_the_resume_state_resumes_like_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    """The best weights of an epoch are written before its resume state: killed in between, the
+    resume redoes that epoch from the state before, and ends as an uninterrupted run does."""
+    from avhgr.runs import RunFolder
+
+    kw = dict(cache=str(tiny / "cache"), epochs=2, pretrain_epochs=2, **TINY)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **kw), log=lambda *a: None)
+
+    class Killed(Exception):
+        pass
+
+    saved = {"best": 0}
+    real_best, real_state = RunFolder.save_best, RunFolder.save_state
+
+    def save_best(self, stage, model):
+        real_best(self, stage, model)
+        if stage == "stage2":
+            saved["best"] += 1
+
+    def save_state(self, stage, state):
+        if stage == "stage2" and saved["best"]:
+            raise Killed  # after stage 2's first best weights, before that epoch's state
+        real_state(self, stage, state)
+
+    monkeypatch.setattr(RunFolder, "save_best", save_best)
+    monkeypatch.setattr(RunFolder, "save_state", save_state)
+    with pytest.raises(Killed):
+        train(TrainConfig(out=str(tmp_path / "cut"), **kw), log=lambda *a: None)
+    assert (tmp_path / "cut" / "stage2.safetensors").exists() and not (tmp_path / "cut" / "stage2.last.pt").exists()
+    monkeypatch.setattr(RunFolder, "save_best", real_best)
+    monkeypatch.setattr(RunFolder, "save_state", real_state)
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **kw), resume=True, log=lambda *a: None)
+    assert resumed["predictions"] == whole["predictions"]
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert [r["loss"] for r in read_metrics(tmp_path / "cut")] == [r["loss"] for r in read_metrics(tmp_path / "whole")]

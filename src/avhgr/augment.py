@@ -31,7 +31,8 @@ MIN_SCALE = 0.85
 def augment(batch: Batch, spectrograms: bool = True, faces: bool = True, rank: int = 0) -> Batch:
     rows = _global_rows(batch, rank)
     audio = mask_spectrograms(batch.audio, rows=rows) if spectrograms and batch.audio is not None else batch.audio
-    visual = crop_and_flip(batch.visual, rows=rows) if faces and batch.visual is not None else batch.visual
+    # Face crops only: facial features (2-D, ``--visual-features``) are not images.
+    visual = crop_and_flip(batch.visual, rows=rows) if faces and batch.visual is not None and batch.visual.dim() == 4 else batch.visual
     return replace(batch, audio=audio, visual=visual)
 
 

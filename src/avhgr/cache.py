@@ -8,13 +8,20 @@ A finished cache folder holds
     windows.csv        one row per window: video, window, start, key_time, label, label_idx,
                        subject, face_found, has_audio, has_video, face_row, spec_row
     faces.npy          (F, S, S, 3) uint8, memory-mappable; windows without video have face_row -1
+                       (visual_features.npy (F, D) float32 instead, for a cache of facial features)
     spectrograms.npy   (A, n_mels, frames) float16; windows without audio have spec_row -1
     report.json        counts, face-detection rate, and every file that failed with its reason
     COMPLETE           written last: its presence means every file above is whole
 
 While running, each finished video is one file under parts/, written to a temporary name and
 renamed (atomic), so a run killed at any moment (even kill -9) resumes where it stopped and
-never leaves a half-written result. Consolidation writes the arrays to temporary names too.
+never leaves a half-written result. Consolidation writes the arrays to temporary names too, and
+takes its videos from parts/ or, for a cache reopened to retry its failed files, from the arrays
+of the consolidation before (``Consolidated``): either way the same bytes.
+
+Several processes may fill one folder at once (``preprocess --shard K/N``, one share of the videos
+each, on machines that share the disk): part files never collide, and one process consolidates,
+holding ``consolidating.lock``.
 """
 
 from __future__ import annotations
@@ -30,18 +37,21 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import Video
+from .errors import UserError
+from .features import FeatureSettings
 
 CACHE_VERSION = 1
 # The last one is derived from the others by data.spectrogram_facts.
-_CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "spectrograms.npy", "report.json", "COMPLETE",
-                "spectrogram_facts.npz")  # fmt: skip
+_CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "visual_features.npy", "spectrograms.npy",
+                "report.json", "COMPLETE", "spectrogram_facts.npz", "consolidating.lock")  # fmt: skip
+LOCK = "consolidating.lock"
 WINDOW_FIELDS = (
     "video", "window", "start", "key_time", "label", "label_idx", "subject",
     "face_found", "has_audio", "has_video", "face_row", "spec_row",
 )  # fmt: skip
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A cache folder that cannot be written or read as asked."""
 
 
@@ -113,6 +123,16 @@ def _csv_cell(x) -> str:
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
 
 
+def visual_layout(settings: dict) -> tuple[str, tuple[int, ...], type]:
+    """Where a cache keeps each window's visual input, its shape and type: face crops (S, S, 3)
+    uint8 in faces.npy, or facial features (D,) float32 in visual_features.npy."""
+    table = settings.get("visual_features")
+    if table:
+        return "visual_features.npy", (len(table["columns"]),), np.float32
+    side = settings["features"]["face_size"]
+    return "faces.npy", (side, side, 3), np.uint8
+
+
 def part_paths(out: Path, vid: int) -> tuple[Path, Path]:
     return out / "parts" / f"{vid:06d}.npz", out / "parts" / f"{vid:06d}.fail.json"
 
@@ -121,11 +141,12 @@ def write_part(out: Path, vid: int, result: dict) -> None:
     """One video's result, atomically. ``result`` holds arrays and a 'meta' dict."""
     import io
 
-    ok_path, _ = part_paths(out, vid)
+    ok_path, fail_path = part_paths(out, vid)
     buf = io.BytesIO()
     arrays = {k: v for k, v in result.items() if k != "meta"}
     np.savez(buf, meta=np.frombuffer(json.dumps(result["meta"]).encode(), dtype=np.uint8), **arrays)
     atomic_write_bytes(ok_path, buf.getvalue())
+    fail_path.unlink(missing_ok=True)  # an earlier failure of this file, retried
 
 
 def write_failure(out: Path, vid: int, path: str, reason: str) -> None:
@@ -133,9 +154,27 @@ def write_failure(out: Path, vid: int, path: str, reason: str) -> None:
     atomic_write_text(fail_path, json.dumps({"path": path, "reason": reason}))
 
 
-def is_done(out: Path, vid: int) -> bool:
+def is_bug(failure: dict) -> bool:
+    """A failure that was avhgr's own (an internal error), not the file's: retried by default."""
+    return failure["reason"].startswith("internal error")
+
+
+def has_result(out: Path, vid: int, consolidated: "Consolidated | None" = None) -> bool:
+    """Whether video ``vid`` has been processed: a part file (its windows or its failure), or an
+    earlier consolidation holds it."""
     ok_path, fail_path = part_paths(out, vid)
-    return ok_path.exists() or fail_path.exists()
+    return ok_path.exists() or fail_path.exists() or (consolidated is not None and vid in consolidated.ok)
+
+
+def is_done(out: Path, vid: int, consolidated: "Consolidated | None" = None, retry_failed: bool = False) -> bool:
+    """Whether a run need not process video ``vid`` (again): it has a result, unless that is a
+    failure that was a bug (tried again on every run) or any failure with ``retry_failed``."""
+    _, fail_path = part_paths(out, vid)
+    if not has_result(out, vid, consolidated):
+        return False
+    if fail_path.exists() and not part_paths(out, vid)[0].exists():
+        return not (retry_failed or is_bug(json.loads(fail_path.read_text())))
+    return True
 
 
 def read_part(out: Path, vid: int) -> dict:
@@ -146,37 +185,93 @@ def read_part(out: Path, vid: int) -> dict:
     return data
 
 
+class Consolidated:
+    """The tables and arrays of a cache's last consolidation, read back as part files: a cache
+    reopened to retry its failed files keeps every other video from here."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.ok: set[int] = set()
+        if not all((out / name).exists() for name in ("videos.csv", "windows.csv", "spectrograms.npy")):
+            return
+        settings = json.loads((out / "settings.json").read_text())
+        self.visual_file = visual_layout(settings)[0]
+        with (out / "videos.csv").open(newline="", encoding="utf-8") as fh:
+            self.videos = {int(r["id"]): r for r in csv.DictReader(fh)}
+        with (out / "windows.csv").open(newline="", encoding="utf-8") as fh:
+            self.windows: dict[int, list[dict]] = {}
+            for r in csv.DictReader(fh):
+                self.windows.setdefault(int(r["video"]), []).append(r)
+        self.ok = set(self.videos)
+
+    def part(self, vid: int) -> dict:
+        """Video ``vid`` as its part file held it (the float columns as the tables round them)."""
+        video, rows = self.videos[vid], self.windows[vid]
+        has_v, has_a = video["has_video"] == "1", video["has_audio"] == "1"
+        part = {"starts": np.array([float(r["start"]) for r in rows]), "key_times": np.array([float(r["key_time"]) for r in rows]),
+                "meta": {"duration": float(video["duration"]), "has_audio": has_a, "has_video": has_v, "rel_path": video["path"]}}  # fmt: skip
+        if has_v:
+            visual = np.load(self.out / self.visual_file, mmap_mode="r")
+            part["visual"] = np.asarray(visual[[int(r["face_row"]) for r in rows]])
+            part["face_found"] = np.array([r["face_found"] == "1" for r in rows])
+        if has_a:
+            specs = np.load(self.out / "spectrograms.npy", mmap_mode="r")
+            part["specs"] = np.asarray(specs[[int(r["spec_row"]) for r in rows]])
+        return part
+
+
+def reopen(out: Path, videos: list[Video], failed: list[dict], retry: list[dict]) -> None:
+    """A complete cache made incomplete again, to process the files of ``retry`` (failures of
+    its report) once more: every other failure goes back to parts/, then COMPLETE goes (last:
+    killed at any point, the next run reopens it again or resumes)."""
+    (out / "parts").mkdir(exist_ok=True)
+    ids = {str(v.path): i for i, v in enumerate(videos)}
+    again = {f["path"] for f in retry}
+    for failure in failed:
+        if failure["path"] not in again and failure["path"] in ids:
+            write_failure(out, ids[failure["path"]], failure["path"], failure["reason"])
+    (out / "COMPLETE").unlink(missing_ok=True)
+
+
 def consolidate(out: Path, videos: list[Video], classes: list[str], settings: dict, elapsed: float) -> dict:
-    """Gather the parts into the memory-mappable arrays and tables, then mark COMPLETE."""
-    face_size = settings["features"]["face_size"]
-    failed, ok = [], []
-    n_faces = n_specs = 0
+    """Gather the parts (and what an earlier consolidation holds) into the memory-mappable arrays
+    and tables, then mark COMPLETE."""
+    previous = Consolidated(out)
+    visual_file, visual_shape, visual_dtype = visual_layout(settings)
+    failed, parts = [], {}
+    n_visual = n_specs = 0
     for vid, video in enumerate(videos):
         ok_path, fail_path = part_paths(out, vid)
         if ok_path.exists():
             with np.load(ok_path) as z:
-                n_faces += len(z["faces"]) if "faces" in z.files else 0
+                n_visual += len(z["visual"]) if "visual" in z.files else 0
                 n_specs += len(z["specs"]) if "specs" in z.files else 0
-            ok.append(vid)
+            parts[vid] = lambda vid=vid: read_part(out, vid)
+        elif vid in previous.ok:
+            rows = previous.windows[vid]
+            n_visual += len(rows) if previous.videos[vid]["has_video"] == "1" else 0
+            n_specs += len(rows) if previous.videos[vid]["has_audio"] == "1" else 0
+            parts[vid] = lambda vid=vid: previous.part(vid)
         elif fail_path.exists():
             failed.append(json.loads(fail_path.read_text()))
         else:
             raise CacheError(f"{out}: video {vid} ({video.path}) was not processed")
-    spec_shape = (settings["features"]["n_mels"], _spec_frames(settings["features"]))
-    tmp_faces, tmp_specs = out / ".faces.npy.tmp", out / ".spectrograms.npy.tmp"
-    faces = np.lib.format.open_memmap(tmp_faces, mode="w+", dtype=np.uint8, shape=(n_faces, face_size, face_size, 3))
+    features = FeatureSettings(**settings["features"])
+    spec_shape = (features.n_mels, features.spec_frames)
+    tmp_visual, tmp_specs = out / f".{visual_file}.tmp{os.getpid()}", out / f".spectrograms.npy.tmp{os.getpid()}"
+    visual = np.lib.format.open_memmap(tmp_visual, mode="w+", dtype=visual_dtype, shape=(n_visual, *visual_shape))
     specs = np.lib.format.open_memmap(tmp_specs, mode="w+", dtype=np.float16, shape=(n_specs, *spec_shape))
     windows_rows, video_rows = [], []
     fi = si = 0
     found_total = 0
-    for vid in ok:
-        part = read_part(out, vid)
+    for vid, read in parts.items():
+        part = read()
         meta = part["meta"]
         video = videos[vid]
         n = len(part["starts"])
         has_v, has_a = meta["has_video"], meta["has_audio"]
         if has_v:
-            faces[fi : fi + n] = part["faces"]
+            visual[fi : fi + n] = part["visual"]
         if has_a:
             specs[si : si + n] = part["specs"]
         found = part["face_found"] if has_v else np.zeros(n, dtype=bool)
@@ -190,17 +285,17 @@ def consolidate(out: Path, videos: list[Video], classes: list[str], settings: di
         fi += n if has_v else 0
         si += n if has_a else 0
         video_rows.append((vid, meta["rel_path"], video.label, video.subject, f"{meta['duration']:.4f}", int(has_a), int(has_v)))
-    faces.flush()
+    visual.flush()
     specs.flush()
-    del faces, specs
-    os.replace(tmp_faces, out / "faces.npy")
+    del visual, specs
+    os.replace(tmp_visual, out / visual_file)
     os.replace(tmp_specs, out / "spectrograms.npy")
-    _write_csv(out / "windows.csv", WINDOW_FIELDS, windows_rows)
-    _write_csv(out / "videos.csv", ("id", "path", "label", "subject", "duration", "has_audio", "has_video"), video_rows)
+    write_csv(out / "windows.csv", WINDOW_FIELDS, windows_rows)
+    write_csv(out / "videos.csv", ("id", "path", "label", "subject", "duration", "has_audio", "has_video"), video_rows)
     video_windows = sum(1 for r in windows_rows if r[9])
     report = {
         "videos_requested": len(videos),
-        "videos_ok": len(ok),
+        "videos_ok": len(parts),
         "videos_failed": len(failed),
         "windows": len(windows_rows),
         "windows_with_video": video_windows,
@@ -217,11 +312,61 @@ def consolidate(out: Path, videos: list[Video], classes: list[str], settings: di
     return report
 
 
-def _spec_frames(features: dict) -> int:
-    return 1 + int(round(features["window_seconds"] * features["sample_rate"])) // features["hop_length"]
+class ConsolidationLock:
+    """``consolidating.lock`` in a cache folder, held by the one process that consolidates it
+    (the shards of one cache may all finish at once). ``acquire`` returns False where another
+    process holds it; ``steal`` takes over a lock whose holder on this machine has died."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK
+        self.held = False
+
+    def acquire(self, steal: bool = False) -> bool:
+        import socket
+
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if steal and self._holder_is_dead():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                return False
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self.held = True
+            return True
+        return False
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def _holder_is_dead(self) -> bool:
+        import socket
+
+        host, _, pid = self.holder().rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return False  # another machine's process: it cannot be checked from here
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
-def _write_csv(path: Path, header, rows) -> None:
+def write_csv(path: Path, header, rows) -> None:
+    """A CSV file written atomically (a header row, then ``rows``)."""
     import io
 
     buf = io.StringIO()
@@ -243,7 +388,7 @@ class Cache:
     classes: list[str]
     videos: list[dict]
     windows: dict[str, np.ndarray]  # column -> array, one entry per window
-    faces: np.ndarray
+    visual: np.ndarray  # per window with video: face crops (F, S, S, 3) uint8, or facial features (F, D) float32
     spectrograms: np.ndarray
 
     @classmethod
@@ -277,9 +422,14 @@ class Cache:
             classes=list(settings["classes"]),
             videos=videos,
             windows=windows,
-            faces=np.load(root / "faces.npy", mmap_mode="r"),
+            visual=np.load(root / visual_layout(settings)[0], mmap_mode="r"),
             spectrograms=np.load(root / "spectrograms.npy", mmap_mode="r"),
         )
+
+    @property
+    def visual_features(self) -> dict | None:
+        """For a cache of facial features (``--visual-features``): their columns and source; None for face crops."""
+        return self.settings.get("visual_features")
 
     @property
     def num_windows(self) -> int:

@@ -3,6 +3,7 @@ or a setting are printed as one line naming them, with exit code 2, never a trac
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audio-visual
 def fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def errors_reported(command: str, folder: Path | None = None):
+    """A user error (a file, folder or setting that cannot be used: ``errors.UserError``) is one
+    line and exit 2; anything else is a bug: one line saying so, its traceback kept in
+    ``folder``/errors.log (or the temporary folder's avhgr-<command>-errors.log), exit 1."""
+    from .errors import UserError, log_bug
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except UserError as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug: not the user's fault, and its traceback is what a report needs
+        import tempfile
+
+        log = folder / "errors.log" if folder is not None and folder.is_dir() else Path(tempfile.gettempdir()) / f"avhgr-{command}-errors.log"
+        fail(log_bug(log, f"avhgr {command}", exc), code=1)
 
 
 @app.command()
@@ -33,14 +54,19 @@ def preprocess(
     device: str = typer.Option("cpu", help="cpu or cuda (MTCNN)."),
     seed: int = typer.Option(0, help="Seed of the random windows."),
     overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
+    retry_failed: bool = typer.Option(False, help="Try every file that failed again (files that failed by an internal error are retried anyway)."),
+    shard: Optional[str] = typer.Option(None, help="K/N: process only share K (0 <= K < N) of the files into the same (shared) cache folder; "
+                                        "auto: K and N from a SLURM job array or torchrun. The process that finds every share done consolidates."),
+    visual_features: Optional[Path] = typer.Option(None, help="Facial features instead of face crops: a CSV with a row per recording "
+                                                   "(column 'file': its path under --root) or a folder of OpenFace per-frame CSVs."),
 ):
     """Cut every video into windows: face crops (MTCNN) and log-Mel spectrograms, into a cache."""
-    from .cache import CacheError
-    from .datasets import DatasetError, index_dataset, select_emotions
+    from .datasets import index_dataset, select_emotions
     from .features import FeatureSettings
-    from .preprocess import default_workers, run_preprocess
+    from .preprocess import default_workers, parse_shard, run_preprocess
+    from .visual_features import open_table
 
-    try:
+    with errors_reported("preprocess", out):
         videos, classes = select_emotions(index_dataset(dataset, root, annotations), emotions)
         if not videos:
             fail(f"{root}: no videos of the classes {', '.join(classes)}")
@@ -49,10 +75,16 @@ def preprocess(
             detect_size=detect_size, min_face=min_face, seed=seed,
         )  # fmt: skip
         report = run_preprocess(
-            videos, classes, out, settings, root, dataset, workers or default_workers(), device, overwrite
-        )
-    except (DatasetError, CacheError) as exc:
-        fail(str(exc))
+            videos, classes, out, settings, root, dataset, workers or default_workers(), device, overwrite, retry_failed=retry_failed,
+            shard=parse_shard(shard), features=open_table(visual_features) if visual_features else None,
+        )  # fmt: skip
+    if not report.get("complete", True):
+        k, n = report["shard"]
+        state = (f"another process ({report['consolidating']}) is consolidating the cache" if report.get("consolidating")
+                 else f"{report['videos_left']} of {report['videos_requested']} files are still to do by the other shares; the last "
+                      "one to finish consolidates the cache (or run avhgr preprocess without --shard on the folder)")  # fmt: skip
+        typer.echo(f"{out}: share {k}/{n} done; {state}")
+        return
     rate = report["face_found_rate"]
     typer.echo(
         f"{out}: {report['videos_ok']} videos, {report['windows']} windows"
@@ -70,13 +102,11 @@ def inspect(
     per_class: int = typer.Option(4, help="Windows shown per class."),
 ):
     """A contact sheet of face crops and spectrograms with their labels."""
-    from .cache import Cache, CacheError
+    from .cache import Cache
     from .plots import contact_sheet
 
-    try:
+    with errors_reported("inspect"):
         path = contact_sheet(Cache.open(cache), out, per_class)
-    except CacheError as exc:
-        fail(str(exc))
     typer.echo(f"wrote {path}")
 
 
@@ -98,48 +128,49 @@ def train(
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
     split: str = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
     fold: Optional[int] = typer.Option(None, help="With --split actor: this fold of a leave-subjects-out cross-validation."),
-    folds: int = typer.Option(6, help="Folds of that cross-validation (the subjects in that many groups)."),
+    folds: Optional[int] = typer.Option(None, help="With --fold: folds of that cross-validation, the subjects in that many groups (default 6)."),
     labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from this run's stage-1 networks (skips stage 1)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA and on CPUs that compute bf16 natively)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
     recipe: str = typer.Option("avhgr", help="avhgr (measured defaults, see README) or paper (the paper's literal settings)."),
     feature_norm: Optional[str] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
     lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
-    fusion_warmup: Optional[int] = typer.Option(None, help="First epochs of stage 2 in which only the fusion network learns."),
-    stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (0: same as --lr)."),
+    fusion_warmup: Optional[int] = typer.Option(None, help="Epochs before stage 2 in which only the fusion network learns (CE alone)."),
+    stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
     schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
-    windows_per_epoch: Optional[int] = typer.Option(None, help="Windows drawn anew per video each epoch (0: all cached)."),
+    windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
     face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
     level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
-    from .cache import CacheError
-    from .models import PretrainedWeightsError
-    from .train import RunError, TrainConfig, mean_std
+    from .stats import mean_std
+    from .train import TrainConfig
     from .train import train as run_training
 
-    try:
+    if folds is not None and fold is None:
+        fail("--folds needs --fold (the fold of that cross-validation to train)")
+    with errors_reported("train", out):
         cfg = TrainConfig(
             cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs,
             pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
-            split=split, fold=fold, folds=folds, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
+            split=split, fold=fold, folds=folds or 6, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
             keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, fusion_warmup=fusion_warmup, stage2_lr=stage2_lr,
             weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
             face_augment=face_augment, level=level, evidence=evidence,
         )  # fmt: skip
         result = run_training(cfg, runs, resume, progress=True)
-    except (RunError, CacheError, PretrainedWeightsError, ValueError) as exc:
-        fail(str(exc))
     if not result:  # not rank 0 of a torchrun job
         return
-    if runs > 1:
+    if runs > 1 and result["mean"] is None:
+        typer.echo(f"trained {runs} runs on every video (--split all, the last epoch kept): no test set  ({out})")
+    elif runs > 1:
         typer.echo(f"test video accuracy over {runs} seeds: {mean_std(result['video_accuracy'])} %  ({out / 'summary.json'})")
     elif result["video_accuracy"] is None:
         typer.echo(f"trained on every video (--split all, the last epoch kept): no test set  ({out / 'model.safetensors'})")
@@ -152,7 +183,7 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run folder made by `avhgr train`."),
     cache: Optional[Path] = typer.Option(None, help="The cache (default: the one the run was trained on)."),
     missing: Optional[str] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
-    rate: float = typer.Option(0.0, help="Fraction of test videos missing it."),
+    rate: Optional[float] = typer.Option(None, help="With --missing: the fraction of test videos missing it (default 1: every one)."),
     seed: int = typer.Option(0, help="Seed of the choice of videos."),
     device: str = typer.Option("auto"),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
@@ -160,18 +191,14 @@ def evaluate(
     """Video-level test accuracy of a run, optionally with a modality missing for some videos."""
     import json
 
-    from .cache import CacheError
     from .evaluate import evaluate_run
-    from .runs import RunError
 
-    try:
+    with errors_reported("evaluate"):
         result = evaluate_run(run, cache, missing, rate, seed, device)
-    except (RunError, CacheError) as exc:
-        fail(str(exc))
     if json_out:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
         return
-    what = f", {result['videos_missing']} of them missing {missing}" if missing and rate > 0 else ""
+    what = f", {result['videos_missing']} of them missing {missing}" if result["videos_missing"] else ""
     typer.echo(f"video accuracy {100 * result['video_accuracy']:.2f} % on {result['videos']} test videos{what}")
 
 
@@ -187,6 +214,8 @@ def predict(
     hop: Optional[float] = typer.Option(None, help="Windows every HOP seconds over the whole file (a regular timeline; default: random windows as in training)."),
     plot: Optional[Path] = typer.Option(None, help="PNG: each class's probability over time, face thumbnails, missing face/speech shaded (FILE_<name>.png for several files)."),
     windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had, 30 for preprocess' default, 60 for the built-in model)."),
+    visual_features: Optional[Path] = typer.Option(None, help="For a model trained on facial features: the table (a CSV with a row per "
+                                                   "recording, column 'file' ending each file's path, or a folder of OpenFace CSVs)."),
     device: str = typer.Option("auto"),
 ):
     """The emotion in each file, from the same preprocessing as training.
@@ -196,16 +225,15 @@ def predict(
     could not be read (error), 3 a file had no face and no speech the model could use."""
     import json
 
-    from .decode import MediaError
+    from .errors import UserError
     from .predict import Predictor
-    from .runs import RunError
 
-    try:
-        predictor = Predictor(model, device, windows)
-    except RunError as exc:
-        fail(str(exc))
+    with errors_reported("predict"):
+        predictor = Predictor(model, device, windows, visual_features)
     if not json_out:
         typer.echo(f"({predictor.description})", err=True)
+    if predictor.note:
+        typer.secho(f"note: {predictor.note}", fg="yellow", err=True)
     failed = silent = 0
     for path in files:
         try:
@@ -213,14 +241,14 @@ def predict(
                 result, faces = predictor.predict_file(path, timeline=True, hop=hop, keep_faces=True)
             else:
                 result = predictor.predict_file(path, timeline, hop)
-        except (MediaError, RunError) as exc:
+        except UserError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             failed += 1
             continue
         except Exception as exc:  # noqa: BLE001 - a bug, not the file's fault: one line, the traceback kept, the next file
             import tempfile
 
-            from .preprocess import log_bug
+            from .errors import log_bug
 
             typer.secho(f"error: {path}: {log_bug(Path(tempfile.gettempdir()) / 'avhgr-predict-errors.log', path, exc)}", fg="red", err=True)
             failed += 1
@@ -267,15 +295,11 @@ def watch(
     end of the stream or with Ctrl-C."""
     import json
 
-    from .decode import MediaError
     from .predict import Predictor
-    from .runs import RunError
     from .watch import watch as run_watch
 
-    try:
+    with errors_reported("watch"):
         predictor = Predictor(model, device)
-    except RunError as exc:
-        fail(str(exc))
 
     def emit(w: dict) -> None:
         if json_out:
@@ -289,9 +313,8 @@ def watch(
     if not json_out:
         typer.echo(f"({predictor.description}; Ctrl-C to stop)", err=True)
     try:
-        n = run_watch(predictor, source, hop, fmt, emit)
-    except MediaError as exc:
-        fail(str(exc))
+        with errors_reported("watch"):
+            n = run_watch(predictor, source, hop, fmt, emit)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
         return
@@ -302,17 +325,16 @@ def watch(
 def demo(
     out: Path = typer.Option(Path("demo_out"), help="Folder for the corpus, cache, runs and report."),
     per_class: int = typer.Option(10, help="Videos per class (10: 12 validation and 12 test videos)."),
-    epochs: int = typer.Option(6, help="Epochs per stage."),
+    epochs: int = typer.Option(6, help="Epochs per stage (stage 2's after its one-epoch fusion warm-up)."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: where the CPU computes bfloat16 natively)."),
 ):
     """The whole system on a built-in corpus of generated videos, offline, on the CPU."""
-    from .demo import run_demo
-    from .runs import RunError
+    from dataclasses import replace
 
-    try:
-        run_demo(out, per_class, epochs, epochs, amp)
-    except RunError as exc:  # e.g. --per-class too small to split
-        fail(str(exc))
+    from .demo import DEMO_CORPUS, run_demo
+
+    with errors_reported("demo", out):  # e.g. --per-class too small to split
+        run_demo(out, replace(DEMO_CORPUS, per_class=per_class), epochs, epochs, amp)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -342,9 +364,7 @@ def study(
     device: str = typer.Option("auto"),
 ):
     """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""
-    from .cache import CacheError
     from .study import STUDIES, StudyOptions
-    from .runs import RunError
 
     if name not in STUDIES:
         fail(f"unknown study {name!r}: stability, missing or semi")
@@ -354,12 +374,10 @@ def study(
         rates=_floats(rates) if rates else None, fractions=_floats(fractions) if fractions else None,
     ).items() if v is not None}  # fmt: skip
     common = dict(seed=seed, pretrained=pretrained, split=split, device=device, recipe=recipe)
-    opt = StudyOptions.quick(str(cache), str(out), **common, **given) if quick else StudyOptions(str(cache), str(out), **common, **given)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with errors_reported("study", out):
+        opt = StudyOptions.quick(str(cache), str(out), **common, **given) if quick else StudyOptions(str(cache), str(out), **common, **given)
+        out.mkdir(parents=True, exist_ok=True)
         STUDIES[name](opt)
-    except (RunError, CacheError, ValueError) as exc:
-        fail(str(exc))
     typer.echo(f"wrote {out / (name + '.md')}, {out / (name + '.csv')}" + (f", {out / (name + '.png')}" if name != "semi" else ""))
 
 

@@ -8,6 +8,7 @@ Splits are by video, never by window, and stratified by label:
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 from collections import deque
@@ -87,71 +88,115 @@ def labeled_subset(train: list[int], labels: dict[int, int], fraction: float, se
     return keep
 
 
+ROW_MASKS = ("visual", "audio", "labeled")  # the columns of ``Rows``
+
+
+@dataclass
+class Rows:
+    """Which rows of a batch have visual input, audio input and a label: one fact, kept where each
+    user needs it. ``host`` (n, 3) bool stays on the CPU, so which rows go through each network is
+    decided without waiting for the device; ``device`` is the same as floats on the compute
+    device, the losses' row weights (copied with the batch, asynchronously from pinned memory)."""
+
+    host: torch.Tensor  # (n, 3) bool, CPU: visual, audio, labeled
+    device: torch.Tensor  # (n, 3) float on the compute device
+
+    @classmethod
+    def of(cls, visual, audio, labeled=None, device="cpu") -> "Rows":
+        visual = torch.as_tensor(visual, dtype=torch.bool)
+        labeled = torch.ones_like(visual) if labeled is None else torch.as_tensor(labeled, dtype=torch.bool)
+        host = torch.stack([visual, torch.as_tensor(audio, dtype=torch.bool), labeled], dim=1).cpu()
+        return cls(host, host.to(device).float())
+
+    @property
+    def visual(self) -> torch.Tensor:
+        return self.host[:, 0]
+
+    @property
+    def audio(self) -> torch.Tensor:
+        return self.host[:, 1]
+
+    @property
+    def labeled(self) -> torch.Tensor:
+        return self.host[:, 2]
+
+    def weight(self, *names: str) -> torch.Tensor:
+        """(n,) float on the device: 1 where a row has every one of ``names`` (visual, audio, labeled)."""
+        out = self.device[:, ROW_MASKS.index(names[0])]
+        for name in names[1:]:
+            out = out * self.device[:, ROW_MASKS.index(name)]
+        return out
+
+
 @dataclass
 class Batch:
     """Network inputs on the compute device."""
 
     visual: torch.Tensor | None  # (n, 3, S, S) float, ImageNet-normalised
     audio: torch.Tensor | None  # (n, 1, M, T) float, standardised
-    # The presence masks stay on the host: which rows to run through each network is then
-    # decided without waiting for the device (no host sync in the training step).
-    visual_present: torch.Tensor  # (n,) bool, CPU
-    audio_present: torch.Tensor  # (n,) bool, CPU
     labels: torch.Tensor  # (n,) long
-    labeled: torch.Tensor  # (n,) bool
     video: torch.Tensor  # (n,) long
+    rows: Rows  # which rows have each input and a label
     rows_per_rank: tuple[int, ...] | None = None  # under DDP: every process's share of the global batch
-    presence: torch.Tensor | None = None  # (n, 2) float on the device: visual, audio present (weights of L_corr)
+
+    @property
+    def visual_present(self) -> torch.Tensor:
+        return self.rows.visual
+
+    @property
+    def audio_present(self) -> torch.Tensor:
+        return self.rows.audio
 
 
 @dataclass
 class HostBatch:
-    """Windows as the cache stores them, on the host: faces (n, S, S, 3) uint8 and
-    spectrograms (n, M, T) float16, 3 and 2 bytes a value instead of float32's 4 after
-    normalisation. They cross to the device like that and are normalised there (``to``)."""
+    """Windows as the cache stores them, on the host: face crops (n, S, S, 3) uint8 (or facial
+    features (n, D) float32) and spectrograms (n, M, T) float16, 1 and 2 bytes a value instead of
+    float32's 4 after normalisation. They cross to the device like that and are normalised there
+    (``to``)."""
 
-    faces: torch.Tensor | None
+    visual: torch.Tensor | None
     specs: torch.Tensor | None
-    visual_present: torch.Tensor
-    audio_present: torch.Tensor
+    rows: torch.Tensor  # (n, 3) bool: visual, audio, labeled (``Rows``)
     labels: torch.Tensor
-    labeled: torch.Tensor
     video: torch.Tensor
     audio_stats: tuple[float, float]
     spec_level: torch.Tensor | None = None  # (n,) dB subtracted from each spectrogram first (``level``)
-    presence: torch.Tensor | None = None  # (n, 2) float: the masks again, to cross to the device
     rows_per_rank: tuple[int, ...] | None = None
+    visual_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # facial features: each column's mean and deviation
 
     def pin_memory(self) -> "HostBatch":
         """Page-locked copies, so that copies to a GPU run asynchronously."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return replace(self, faces=pin(self.faces), specs=pin(self.specs), labels=pin(self.labels),
-                       labeled=pin(self.labeled), video=pin(self.video), spec_level=pin(self.spec_level),
-                       presence=pin(self.presence))  # fmt: skip
+        return replace(self, visual=pin(self.visual), specs=pin(self.specs), labels=pin(self.labels), video=pin(self.video),
+                       spec_level=pin(self.spec_level), rows=pin(self.rows))  # fmt: skip
 
     def to(self, device, channels_last: bool = False) -> Batch:
         """Copy to ``device`` (asynchronously from pinned memory) and normalise there: faces
-        to ImageNet statistics, spectrograms with the training windows' mean and deviation;
-        absent rows are zero. ``channels_last``: the face tensor in that memory format."""
+        to ImageNet statistics, facial features and spectrograms with the training windows' mean
+        and deviation; absent rows are zero. ``channels_last``: the face tensor in that memory format."""
         device = torch.device(device)
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        host_rows = self.rows  # the masks stay on the host (pinned or not)
         visual = audio = None
-        if self.faces is not None:
+        if self.visual is not None and self.visual.dim() == 2:  # facial features
+            mean, std = (s.to(device) for s in self.visual_stats) if self.visual_stats is not None else (0.0, 1.0)
+            visual = _zero_absent((move(self.visual).float() - mean) / std, host_rows[:, 0])
+        elif self.visual is not None:
             # NHWC bytes seen as NCHW are channels-last already; contiguous NCHW costs one
             # copy of the bytes, before they become floats.
-            x = move(self.faces).permute(0, 3, 1, 2)
+            x = move(self.visual).permute(0, 3, 1, 2)
             x = (x if channels_last else x.contiguous()).float()
             mean, std = _imagenet_stats(device)
-            visual = _zero_absent(x.div_(255.0).sub_(mean).div_(std), self.visual_present)
+            visual = _zero_absent(x.div_(255.0).sub_(mean).div_(std), host_rows[:, 0])
         if self.specs is not None:
             # out of place: float32 spectrograms on the CPU would otherwise be normalised in the host batch itself
             specs = move(self.specs).float()
             if self.spec_level is not None:
                 specs = specs - move(self.spec_level)[:, None, None]
-            audio = _zero_absent((specs - self.audio_stats[0]) / self.audio_stats[1], self.audio_present)[:, None]
-        return Batch(visual=visual, audio=audio, visual_present=self.visual_present, audio_present=self.audio_present,
-                     labels=move(self.labels), labeled=move(self.labeled), video=move(self.video),
-                     rows_per_rank=self.rows_per_rank, presence=None if self.presence is None else move(self.presence))  # fmt: skip
+            audio = _zero_absent((specs - self.audio_stats[0]) / self.audio_stats[1], host_rows[:, 1])[:, None]
+        return Batch(visual=visual, audio=audio, labels=move(self.labels), video=move(self.video),
+                     rows=Rows(host_rows, move(self.rows).float()), rows_per_rank=self.rows_per_rank)  # fmt: skip
 
 
 def _zero_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -208,14 +253,18 @@ def level_offsets(specs: np.ndarray, level: str) -> np.ndarray:
     (``absolute``), the recording's level (``recording``: a louder speaker or microphone no longer
     looks different), or the window's own level (``window``). A level is the 95th percentile of
     the dB values, which follows the voice's loudness and ignores pauses."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    _check_level(level)
     x = np.asarray(specs, dtype=np.float32)
     if level == "absolute" or x.size == 0:
         return np.zeros(len(x), np.float32)
     if level == "window":
         return np.percentile(x.reshape(len(x), -1), 95, axis=1).astype(np.float32)
     return np.full(len(x), np.percentile(x, 95), np.float32)
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
 
 
 def spectrogram_facts(cache: Cache) -> dict[str, np.ndarray]:
@@ -251,8 +300,7 @@ def spectrogram_facts(cache: Cache) -> dict[str, np.ndarray]:
 
 def spectrogram_levels(cache: Cache, level: str) -> np.ndarray:
     """``level_offsets`` of every window of the cache, each video as one recording."""
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+    _check_level(level)
     if level == "absolute":
         return np.zeros(cache.num_windows, np.float32)
     return spectrogram_facts(cache)[level]
@@ -276,9 +324,11 @@ class WindowReader:
     """
 
     def __init__(self, cache: Cache, audio_stats: tuple[float, float] = (0.0, 1.0),
-                 modalities: tuple[str, ...] = ("audio", "visual"), level: str = "absolute", evidence: bool = False):  # fmt: skip
+                 modalities: tuple[str, ...] = ("audio", "visual"), level: str = "absolute", evidence: bool = False,
+                 visual_stats: tuple | None = None):  # fmt: skip
         self.cache = cache
         self.audio_mean, self.audio_std = audio_stats
+        self.visual_stats = None if visual_stats is None else tuple(np.asarray(s, np.float32) for s in visual_stats)
         self.modalities = modalities
         w = cache.windows
         self.face_row, self.spec_row = w["face_row"], w["spec_row"]
@@ -291,6 +341,19 @@ class WindowReader:
         if evidence:
             self.present["visual"] = self.present["visual"] & (w["face_found"] == 1)
             self.present["audio"] = self.present["audio"] & spectrogram_facts(cache)["speech"]
+
+    def dropping(self, drop: dict[int, str]) -> "WindowReader":
+        """This reader with a modality taken away from some videos (``drop``: video -> "audio" or
+        "visual"; the missing-modality study): their windows have no such input, in ``windows`` and
+        ``read`` alike."""
+        if not drop:
+            return self
+        out = copy.copy(self)
+        out.present = dict(self.present)
+        for modality in ("audio", "visual"):
+            gone = np.isin(self.video, [v for v, m in drop.items() if m == modality])
+            out.present[modality] = self.present[modality] & ~gone
+        return out
 
     def windows(self, videos: list[int], modalities: tuple[str, ...] | None = None) -> np.ndarray:
         """The windows of ``videos`` that have at least one of ``modalities`` (default: this
@@ -313,21 +376,34 @@ class WindowReader:
         self.audio_mean, self.audio_std = float(x.mean()), float(x.std() + 1e-6)
         return self.audio_mean, self.audio_std
 
+    def fit_visual_stats(self, windows: np.ndarray) -> tuple[list[float], list[float]] | None:
+        """Facial features (a cache made with ``--visual-features``): each column's mean and
+        deviation over the training ``windows`` that have them (kept in the model card, as the
+        spectrograms' are); the reader standardises with them from now on. None for face crops."""
+        if self.cache.visual_features is None:
+            return None
+        rows = self.face_row[windows[self.present["visual"][windows]]]
+        x = _gather(self.cache.visual, np.unique(rows)).astype(np.float64) if len(rows) else np.zeros((0, self.cache.visual.shape[1]))
+        mean, std = (x.mean(0), x.std(0)) if len(x) else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
+        std = np.where(std > 1e-6, std, 1.0)  # a constant column stays as it is
+        self.visual_stats = (mean.astype(np.float32), std.astype(np.float32))
+        return [float(v) for v in mean], [float(v) for v in std]
+
     def read(self, windows: np.ndarray, labeled_videos: set[int] | None = None) -> HostBatch:
         windows = np.asarray(windows)
         n = len(windows)
         face_rows, spec_rows = self.face_row[windows], self.spec_row[windows]
-        faces = _rows(self.cache.faces, face_rows) if "visual" in self.modalities else None
+        visual = _rows(self.cache.visual, face_rows) if "visual" in self.modalities else None
         specs = _rows(self.cache.spectrograms, spec_rows) if "audio" in self.modalities else None
         videos = self.video[windows]
         labeled = np.ones(n, dtype=bool) if labeled_videos is None else np.isin(videos, list(labeled_videos))
         level = None if specs is None or self.level == "absolute" else self.spec_level[windows]
-        return host_batch(faces, specs, self.present["visual"][windows], self.present["audio"][windows],
-                          (self.audio_mean, self.audio_std), self.labels[windows], labeled, videos, level)  # fmt: skip
+        return host_batch(visual, specs, self.present["visual"][windows], self.present["audio"][windows],
+                          (self.audio_mean, self.audio_std), self.labels[windows], labeled, videos, level, self.visual_stats)  # fmt: skip
 
 
 def host_batch(
-    faces: np.ndarray | None,
+    visual: np.ndarray | None,
     specs: np.ndarray | None,
     visual_present: np.ndarray,
     audio_present: np.ndarray,
@@ -336,22 +412,25 @@ def host_batch(
     labeled: np.ndarray | None = None,
     videos: np.ndarray | None = None,
     spec_level: np.ndarray | None = None,
+    visual_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> HostBatch:
-    """Raw windows (faces (n, S, S, 3) uint8, spectrograms (n, M, T)) as a host batch; its
-    ``to(device)`` gives the network inputs. The same code serves training and prediction."""
+    """Raw windows (faces (n, S, S, 3) uint8 or facial features (n, D), spectrograms (n, M, T)) as
+    a host batch; its ``to(device)`` gives the network inputs. The same code serves training and
+    prediction."""
     n = len(visual_present)
     zeros = np.zeros(n, dtype=np.int64)
     tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))  # noqa: E731
+    rows = np.stack([visual_present, audio_present, labeled if labeled is not None else np.ones(n, bool)], axis=1)
+    features = visual is not None and np.asarray(visual).ndim == 2
     return HostBatch(
-        faces=None if faces is None else tensor(faces, np.uint8),
+        visual=None if visual is None else tensor(visual, np.float32 if features else np.uint8),
         specs=None if specs is None else torch.from_numpy(np.ascontiguousarray(specs)),
-        visual_present=tensor(visual_present, bool), audio_present=tensor(audio_present, bool),
+        rows=tensor(rows, bool),
         labels=tensor(labels if labels is not None else zeros, np.int64),
-        labeled=tensor(labeled if labeled is not None else np.ones(n, bool), bool),
         video=tensor(videos if videos is not None else zeros, np.int64),
         audio_stats=audio_stats,
         spec_level=None if spec_level is None else tensor(spec_level, np.float32),
-        presence=tensor(np.stack([visual_present, audio_present], axis=1), np.float32),
+        visual_stats=None if visual_stats is None or not features else tuple(tensor(s, np.float32) for s in visual_stats),
     )  # fmt: skip
 
 

@@ -6,6 +6,8 @@ run uses: the paper's six basic emotions by default, or ``all``, or a comma-sepa
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import csv
 import re
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ CREMAD_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happ
 DATASETS = ("ravdess", "enterface", "baum1s", "cremad", "csv", "folder")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder or manifest that cannot be indexed."""
 
 

@@ -11,6 +11,8 @@ bounded whatever the length of the file.
 
 from __future__ import annotations
 
+from .errors import UserError
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ SAMPLE_RATE = 48_000
 SEEK_GAP_SECONDS = 4.0
 
 
-class MediaError(Exception):
+class MediaError(UserError):
     """A file that cannot be used, with the reason: str(err) is '<path>: <reason>'."""
 
     def __init__(self, path: str | Path, reason: str):

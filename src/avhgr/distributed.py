@@ -6,17 +6,28 @@ Each process takes an equal slice of every global batch (the same shuffled order
 rank). The Soft-HGR statistics must be those of the *global* batch, so the features are
 gathered across ranks with their gradients before the correlation loss; with the scaling in
 ``train.joint_objective`` the gradients DDP averages are exactly those of one process with the
-whole batch. Only rank 0 writes files. On CUDA, BatchNorm becomes SyncBatchNorm (global batch
-statistics); on CPU (gloo) it cannot, and BatchNorm statistics stay per process.
+whole batch. On CUDA, BatchNorm becomes torch's SyncBatchNorm (global batch statistics); on
+the CPU (gloo), where that does not run, our ``GlobalBatchNorm``, the same computation written
+out: so one process and several compute the same step (tested on the CPU).
+
+Only rank 0 writes files, and only rank 0 reads what a run wrote (resume states, best weights, a
+stage 1 to start from): it broadcasts them, so the nodes of a multi-node run need no shared disk,
+only each its own copy of the cache.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+# torch.distributed.nn.functional (collectives that carry gradients) is marked deprecated in favour
+# of private functional collectives; it is the public API that works on gloo and NCCL alike.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning)
 
 
 @dataclass(frozen=True)
@@ -116,3 +127,63 @@ def cpu_has_native_bf16() -> bool:
         except Exception:  # noqa: BLE001 - an unknown CPU: float32 is always right
             pass
     return False
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch over every process: what
+    torch's SyncBatchNorm computes on GPUs, for the CPU (gloo). The per-channel sums travel in one
+    all-reduce that carries gradients, so the backward pass is that of one process holding the
+    whole batch. Evaluation uses the running statistics, as BatchNorm does."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (rows, channels, ...), got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        count = xf.new_full((1,), xf.numel() / c)
+        totals = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        n = totals[-1]
+        mean = totals[:c] / n.clamp(min=1)
+        var = (totals[c : 2 * c] / n.clamp(min=1) - mean * mean).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * n / (n - 1).clamp(min=1)
+                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """``module`` with every BatchNorm replaced by a GlobalBatchNorm holding its parameters and
+        statistics (as ``nn.SyncBatchNorm.convert_sync_batchnorm``)."""
+        out = module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (cls, nn.SyncBatchNorm)):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+            if module.affine:
+                with torch.no_grad():
+                    out.weight, out.bias = module.weight, module.bias
+            out.running_mean, out.running_var = module.running_mean, module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert(child))
+        return out
+
+
+def is_collective(module: nn.Module) -> bool:
+    """Whether ``module`` (or a part of it) must run on every process at once in training: a
+    BatchNorm over the global batch."""
+    return any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) for m in module.modules())

@@ -28,25 +28,13 @@ def window_probabilities(
     windows: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
-    drop: dict[int, str] | None = None,
     amp: bool = False,
 ) -> np.ndarray:
-    """Class probabilities of each window. ``reader.read(rows)`` gives host batches. ``drop`` maps a
-    video to the modality it misses at test time ("audio" or "visual"): that feature is zeroed."""
+    """Class probabilities of each window; ``reader.read(rows)`` gives host batches."""
     model.eval()
-
-    def read(rows: np.ndarray):
-        batch = reader.read(rows)
-        if drop:
-            vids = batch.video.numpy()
-            for modality, present in (("audio", batch.audio_present), ("visual", batch.visual_present)):
-                gone = np.array([drop.get(int(v)) == modality for v in vids])
-                present[torch.from_numpy(gone)] = False
-        return batch
-
     out = []
     chunks = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    for batch in device_batches(read, chunks, device, channels_last=device.type == "cuda"):
+    for batch in device_batches(reader.read, chunks, device, channels_last=device.type == "cuda"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(batch).logits
         out.append(torch.softmax(logits.float(), dim=1))  # stays on the device: one copy at the end
@@ -93,12 +81,12 @@ def metrics(probs: np.ndarray, windows: np.ndarray, cache: Cache, videos: list[i
 
 
 def evaluate_videos(model, reader: WindowReader, cache: Cache, videos: list[int], device, batch_size=256, drop=None, amp=False) -> dict:
-    """Metrics of ``model`` on ``videos``, with each prediction's path and class names."""
+    """Metrics of ``model`` on ``videos``, with each prediction's path and class names. ``drop``
+    maps a video to the modality it misses at test time ("audio" or "visual"): that feature is
+    zero, and a window left with neither input adds nothing, as one without evidence."""
+    reader = reader.dropping(drop or {})
     windows = reader.windows(videos, model.modalities)
-    if drop:  # a window left with neither input by the drop adds nothing, as one without evidence
-        gone = {m: np.array([drop.get(int(v)) == m for v in cache.windows["video"][windows]], dtype=bool) for m in model.modalities}
-        windows = windows[np.logical_or.reduce([reader.present[m][windows] & ~gone[m] for m in model.modalities])]
-    m = metrics(window_probabilities(model, reader, windows, device, batch_size, drop, amp), windows, cache, videos)
+    m = metrics(window_probabilities(model, reader, windows, device, batch_size, amp), windows, cache, videos)
     names = {v["id"]: v["path"] for v in cache.videos}
     for p in m["predictions"]:
         p["path"] = names[p["video"]]
@@ -106,12 +94,16 @@ def evaluate_videos(model, reader: WindowReader, cache: Cache, videos: list[int]
     return m
 
 
-def missing_assignment(videos: list[int], missing: str | None, rate: float, seed: int = 0) -> dict[int, str]:
-    """Which test videos miss which modality: a seeded choice of round(rate · n) videos."""
-    if not missing or rate <= 0:
+def missing_assignment(videos: list[int], missing: str | None, rate: float | None = None, seed: int = 0) -> dict[int, str]:
+    """Which test videos miss which modality: a seeded choice of round(rate · n) videos
+    (``rate`` None: every video, the modality is simply absent)."""
+    if missing is None:
+        if rate:
+            raise RunError("--rate needs --missing (audio, visual or both)")
         return {}
     if missing not in ("audio", "visual", "both"):
         raise RunError(f"--missing must be audio, visual or both; got {missing}")
+    rate = 1.0 if rate is None else rate
     if not 0 <= rate <= 1:
         raise RunError(f"--rate must be in [0, 1]; got {rate}")
     rng = np.random.default_rng(seed + 104729)
@@ -126,6 +118,8 @@ def ids_of_test_videos(run: RunFolder, data: Cache) -> list[int]:
     """The run's test videos as ids of ``data``, found by path: a cache made again (or another
     cache of the same videos) numbers them differently. Refuses a cache that lacks any of them."""
     wanted = [e["path"] for e in run.split()["test"]]
+    if not wanted:
+        raise RunError(f"{run.path}: trained on every video (--split all), so it has no test videos to evaluate")
     ids = {v["path"]: v["id"] for v in data.videos}
     absent = [p for p in wanted if p not in ids]
     if absent:
@@ -134,14 +128,18 @@ def ids_of_test_videos(run: RunFolder, data: Cache) -> list[int]:
     made_with = run.config().get("cache_settings", {})
     if list(data.classes) != list(made_with.get("classes", data.classes)):
         raise RunError(f"{data.root}: its classes {data.classes} are not the run's")
+    if made_with and made_with.get("visual_features") != data.settings.get("visual_features"):
+        raise RunError(f"{data.root}: its visual input ({'facial features' if data.settings.get('visual_features') else 'face crops'}) "
+                       "is not what the run was trained on")  # fmt: skip
     if "features" in made_with and data.settings["features"] != made_with["features"]:
         differ = [k for k in made_with["features"] if data.settings["features"].get(k) != made_with["features"][k]]
         raise RunError(f"{data.root}: made with other feature settings than the run's cache ({', '.join(differ)})")
     return [ids[p] for p in wanted]
 
 
-def evaluate_run(run: str | Path, cache: str | Path | None = None, missing: str | None = None, rate: float = 0.0,
+def evaluate_run(run: str | Path, cache: str | Path | None = None, missing: str | None = None, rate: float | None = None,
                  seed: int = 0, device: str = "auto", model=None, card=None) -> dict:  # fmt: skip
+    missing_assignment([], missing, rate)  # the settings, checked before anything is loaded
     folder = RunFolder(run)
     config = folder.config()["train"]
     dev = resolve_device(device)
@@ -149,8 +147,9 @@ def evaluate_run(run: str | Path, cache: str | Path | None = None, missing: str 
         model, card = load_model(run, dev)
     data = Cache.open(cache or config["cache"])
     test = ids_of_test_videos(folder, data)
-    reader = WindowReader(data, tuple(card["audio_stats"]), tuple(card["modalities"]), card.get("level", "absolute"), card.get("evidence", False))
+    reader = WindowReader(data, tuple(card["audio_stats"]), tuple(card["modalities"]), card.get("level", "absolute"), card.get("evidence", False),
+                          card.get("visual_input", {}).get("stats"))  # fmt: skip
     drop = missing_assignment(test, missing, rate, seed)
     result = evaluate_videos(model, reader, data, test, dev, drop=drop, amp=dev.type == "cuda")
-    result.update(missing=missing, rate=rate, videos_missing=len(drop))
+    result.update(missing=missing, rate=(1.0 if rate is None else rate) if missing else 0.0, videos_missing=len(drop))
     return result

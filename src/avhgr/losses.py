@@ -12,12 +12,17 @@ No matrix inverse appears, so singular mini-batch covariances are harmless.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .distributed import DistInfo, all_sum, gather_rows
+
+if TYPE_CHECKING:
+    from .data import Batch
+    from .models import Output
 
 
 def soft_hgr(u: Tensor, v: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -97,43 +102,55 @@ def _rows(*masks: Tensor | None) -> Tensor | None:
     return out
 
 
+def standardize(x: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """``x`` (n, k) standardised per dimension over the rows ``weight`` marks (all rows: None), as
+    BatchNorm without affine parameters does, then divided by √k: unit total variance, so every
+    Soft-HGR term of two such features lies in [-1.5, 1]. Unmarked rows come out 0."""
+    with _no_autocast(x.device.type):
+        x = x.float()
+        w = torch.ones_like(x[:, :1]) if weight is None else weight.to(device=x.device, dtype=torch.float32)[:, None]
+        m = w.sum().clamp(min=1)
+        mean = (w * x).sum(0, keepdim=True) / m
+        var = (w * (x - mean) ** 2).sum(0, keepdim=True) / m
+        return (x - mean) * torch.rsqrt(var + eps) * w / x.shape[1] ** 0.5
+
+
 def joint_objective(
-    logits: Tensor,
-    labels: Tensor,
-    labeled: Tensor,
-    f: Tensor | None = None,
-    g: Tensor | None = None,
-    h: Tensor | None = None,
+    out: "Output",
+    batch: "Batch",
     corr: str = "none",
     lam: float = 1.0,
     semi: bool = False,
     info: DistInfo = DistInfo(),
-    rows_per_rank: tuple[int, ...] | None = None,
-    presence: Tensor | None = None,
+    standardize_h: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """CE over the labelled rows + λ·L_corr over the global batch. Returns (loss to
-    backpropagate, this rank's share of the mean CE, L_corr).
+    """CE over the labelled rows of ``batch`` + λ·L_corr over the global batch, from a model's
+    output on it. Returns (loss to backpropagate, this rank's share of the mean CE, L_corr).
 
     Under DDP (``info.world`` > 1) each rank holds a slice of the batch: features are
     gathered with their gradients, so Soft-HGR sees the global batch, and the CE share is
     scaled by the world size, so that the gradients DDP averages equal those of one process
-    holding the whole batch. With one process both steps do nothing. ``rows_per_rank``: each
-    rank's share of the global batch, where the shares differ. ``presence`` (n, 2): which rows
-    have visual and audio input (see ``correlation_loss``).
+    holding the whole batch. With one process both steps do nothing. Each Soft-HGR term uses the
+    rows that have both of its inputs (``batch.rows``), the h terms the labelled rows with
+    ``semi``. ``standardize_h``: h standardised over the labelled rows of the global batch, as
+    f and g are under ``--feature-norm batch``, so that the h terms are bounded too.
     """
-    per_row = F.cross_entropy(logits.float(), labels, reduction="none") * labeled
-    n_labeled = all_sum(labeled.sum().float(), info).clamp(min=1)  # no host sync
+    labeled = batch.rows.weight("labeled")
+    per_row = F.cross_entropy(out.logits.float(), batch.labels, reduction="none") * labeled
+    n_labeled = all_sum(labeled.sum(), info).clamp(min=1)  # no host sync
     ce_share = per_row.sum() / n_labeled
     loss = ce_share * info.world
     if corr == "none":
         return loss, ce_share, ce_share.new_zeros(())
-    if f is None or g is None or (corr == "fgh" and h is None):
+    if out.f is None or out.g is None or (corr == "fgh" and out.h is None):
         raise ValueError(f"--corr {corr} needs the features f, g{', h' if corr == 'fgh' else ''} of a joint model")
-    gather = lambda x: gather_rows(x, info, rows_per_rank)  # noqa: E731
-    mask = gather(labeled.float()).detach() if semi else None
-    visual = audio = None
-    if presence is not None:
-        both = gather(presence.float()).detach()
-        visual, audio = both[:, 0], both[:, 1]
-    c = correlation_loss(gather(f), gather(g), gather(h) if corr == "fgh" else None, labeled=mask, visual=visual, audio=audio)
+    gather = lambda x: gather_rows(x, info, batch.rows_per_rank)  # noqa: E731
+    rows = gather(batch.rows.device).detach()
+    visual, audio = rows[:, 0], rows[:, 1]
+    mask = rows[:, 2] if semi else None
+    h = None
+    if corr == "fgh":
+        h = gather(out.h)
+        h = standardize(h, mask) if standardize_h else h
+    c = correlation_loss(gather(out.f), gather(out.g), h, labeled=mask, visual=visual, audio=audio)
     return loss + lam * c, ce_share, c

@@ -15,6 +15,8 @@ A missing modality's feature is set to exactly zero before the concatenation.
 
 from __future__ import annotations
 
+from .errors import UserError
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
+from .distributed import is_collective
+
 if TYPE_CHECKING:
     from .data import Batch
 
@@ -32,7 +36,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 MODALITIES = ("audio", "visual")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """ImageNet weights could not be had (offline machine, bad file)."""
 
 
@@ -103,21 +107,37 @@ class Output:
     h: Tensor | None = None  # label feature: in training only, when the batch has labels
 
 
+class FeatureNet(nn.Module):
+    """The visual network over facial features (``--visual-features``: D numbers per window, such
+    as OpenFace's action units) instead of face crops: a small MLP to the same 512-d feature, with
+    dropout, since a corpus gives it a few hundred distinct vectors (one per recording)."""
+
+    def __init__(self, in_features: int, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, FEATURE_DIM))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class ModalityNet(nn.Module):
     """One modality's network: ResNet -> 512-d feature, plus a classifier head for stage 1.
 
-    It knows its modality and takes its own input from a batch: the visual network the faces,
-    the audio network the spectrograms.
+    It knows its modality and takes its own input from a batch: the visual network the faces
+    (or, with ``visual_features`` D, D facial features per window, through a ``FeatureNet``), the
+    audio network the spectrograms.
     """
 
-    def __init__(self, num_classes: int, modality: str, backbone: str = "resnet50", pretrained: str | Path | None = "none"):
+    def __init__(self, num_classes: int, modality: str, backbone: str = "resnet50", pretrained: str | Path | None = "none",
+                 visual_features: int | None = None):  # fmt: skip
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"modality must be audio or visual, got {modality!r}")
         self.modality = modality
         self.modalities = (modality,)  # the inputs a window must have to be used
+        self.visual_features = visual_features if modality == "visual" else None
         self.backbone_name = backbone
-        self.backbone = build_backbone(backbone, pretrained)
+        self.backbone = FeatureNet(visual_features) if self.visual_features else build_backbone(backbone, pretrained)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
     def input(self, batch: "Batch") -> Tensor:
@@ -127,15 +147,13 @@ class ModalityNet(nn.Module):
         return x
 
     def features(self, x: Tensor) -> Tensor:
-        if x.shape[1] == 1:  # a spectrogram: copy to the three channels the ResNet expects
+        if x.dim() == 4 and x.shape[1] == 1:  # a spectrogram: copy to the three channels the ResNet expects
             x = x.expand(-1, 3, -1, -1)
         return self.backbone(x)
 
-    def freeze_unused(self, corr: str) -> None:
+    def freeze_unused(self, corr: str = "none", trains: str = "all") -> None:
         """Stage 1 trains every parameter."""
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"networks": list(self.parameters())}
+        self.requires_grad_(True)
 
     def forward(self, batch: "Batch") -> Output:
         feature = self.features(self.input(batch))
@@ -186,13 +204,14 @@ class AVHGRModel(nn.Module):
         fusion_layers: int = 2,
         pretrained: str | Path | None = "none",
         feature_norm: str = "none",
+        visual_features: int | None = None,
     ):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {feature_norm!r}")
         self.num_classes = num_classes
         self.feature_norm = feature_norm
-        self.visual = ModalityNet(num_classes, "visual", backbone, pretrained)
+        self.visual = ModalityNet(num_classes, "visual", backbone, pretrained, visual_features)
         self.audio = ModalityNet(num_classes, "audio", backbone, pretrained)
         self.label = nn.Linear(num_classes, FEATURE_DIM)
         self.fusion = FusionNet(num_classes, fusion_layers)
@@ -204,9 +223,9 @@ class AVHGRModel(nn.Module):
     def _normalise(self, modality: str, feats: Tensor) -> Tensor:
         if self.feature_norm == "batch":
             norm = self.norm[modality]
-            # One row has no batch statistics: the running ones. Never under SyncBatchNorm (DDP on
-            # GPUs), whose statistics are the global batch's and whose call is a collective.
-            if norm.training and feats.shape[0] < 2 and not isinstance(norm, nn.SyncBatchNorm):
+            # One row has no batch statistics: the running ones. Never under a global BatchNorm
+            # (DDP), whose statistics are the global batch's and whose call is a collective.
+            if norm.training and feats.shape[0] < 2 and not is_collective(norm):
                 return F.batch_norm(feats, norm.running_mean, norm.running_var, training=False, eps=norm.eps) / FEATURE_DIM**0.5
             return norm(feats) / FEATURE_DIM**0.5
         if self.feature_norm == "rescale":
@@ -254,11 +273,11 @@ class AVHGRModel(nn.Module):
         if bool(present.all()):
             return then(net.features(x))
         out = ref.new_zeros(n, FEATURE_DIM)
-        # SyncBatchNorm (DDP on GPUs) is a collective in forward and backward: a process whose
+        # A global BatchNorm (DDP) is a collective in forward and backward: a process whose
         # slice has no row of this modality must still run the network, on zero rows, and keep
         # it in the graph, or the others wait for it forever. Plain BatchNorm must not see an
         # empty batch (its running statistics would become NaN).
-        if present.any() or (net.training and any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())):
+        if present.any() or (net.training and is_collective(net)):
             rows = torch.nonzero(present).flatten().to(x.device, non_blocking=True)
             feats = then(net.features(x.index_select(0, rows)))
             out = out.to(feats.dtype).index_copy(0, rows, feats)
@@ -270,16 +289,17 @@ class AVHGRModel(nn.Module):
         net = self.visual if modality == "visual" else self.audio
         return self._features(net, x, present, n, ref, then=lambda feats: self._normalise(modality, feats))
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The two networks from stage 1, and what stage 2 adds (fusion, label network)."""
-        networks = [*self.visual.parameters(), *self.audio.parameters()]
-        return {"networks": networks, "fusion": [*self.fusion.parameters(), *self.label.parameters()]}
-
-    def freeze_unused(self, corr: str) -> None:
-        """The stage-1 classifier heads play no part in the joint model; h only in L_corr^fgh."""
+    def freeze_unused(self, corr: str = "none", trains: str = "all") -> None:
+        """Only what a stage trains learns: the stage-1 classifier heads play no part in the joint
+        model, h only in L_corr^fgh; in the fusion warm-up (``trains`` "fusion") the stage-1
+        networks wait too (their BatchNorm statistics still follow the batches)."""
+        self.requires_grad_(True)
         self.visual.head.requires_grad_(False)
         self.audio.head.requires_grad_(False)
         self.label.requires_grad_(corr == "fgh")
+        if trains == "fusion":
+            self.visual.requires_grad_(False)
+            self.audio.requires_grad_(False)
 
     def forward(self, batch: "Batch") -> Output:
         """The batch's faces (n, 3, S, S) and spectrograms (n, 1, 94, 94): either may be None
@@ -303,7 +323,8 @@ class AVHGRModel(nn.Module):
     def from_stage1(cls, nets: dict[str, ModalityNet], fusion_layers: int = 2, feature_norm: str = "none") -> "AVHGRModel":
         """The joint model, its visual and audio networks starting from stage 1's."""
         audio, visual = nets["audio"], nets["visual"]
-        model = cls(audio.head.out_features, audio.backbone_name, fusion_layers, feature_norm=feature_norm)
+        model = cls(audio.head.out_features, audio.backbone_name, fusion_layers, feature_norm=feature_norm,
+                    visual_features=visual.visual_features)  # fmt: skip
         model.visual.load_state_dict(visual.state_dict())
         model.audio.load_state_dict(audio.state_dict())
         return model
@@ -312,6 +333,8 @@ class AVHGRModel(nn.Module):
 def build_model(card: dict) -> nn.Module:
     """The model a card (model.json) describes, with fresh weights."""
     classes, modalities = len(card["classes"]), tuple(card["modalities"])
+    features = card.get("visual_input", {}).get("columns")
+    dim = len(features) if features else None
     if len(modalities) == 2:
-        return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"))
-    return ModalityNet(classes, modalities[0], card["backbone"])
+        return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"), visual_features=dim)
+    return ModalityNet(classes, modalities[0], card["backbone"], visual_features=dim)

@@ -37,7 +37,9 @@ def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> 
             by_video.setdefault(int(w["video"][r]), r)
         columns += [(name, r) for r in list(by_video.values())[:per_class]]
     if not columns:
-        raise ValueError(f"{cache.root}: the cache has no windows to show")
+        from .cache import CacheError
+
+        raise CacheError(f"{cache.root}: the cache has no windows to show")
     n = len(columns)
     ncols = min(n, 8)
     nrows = int(np.ceil(n / ncols))
@@ -47,8 +49,13 @@ def contact_sheet(cache, out: str | Path, per_class: int = 4, seed: int = 0) -> 
     for k, (name, r) in enumerate(columns):
         row, col = divmod(k, ncols)
         face_ax, spec_ax = axes[2 * row, col], axes[2 * row + 1, col]
-        if w["face_row"][r] >= 0:
-            face_ax.imshow(cache.faces[w["face_row"][r]])
+        if w["face_row"][r] >= 0 and cache.visual_features is not None:  # facial features: one bar each
+            face_ax.axis("on")
+            face_ax.bar(np.arange(cache.visual.shape[1]), np.asarray(cache.visual[w["face_row"][r]]), color="tab:blue")
+            face_ax.set_xticks([])
+            flag = "" if w["face_found"][r] else " (no features)"
+        elif w["face_row"][r] >= 0:
+            face_ax.imshow(cache.visual[w["face_row"][r]])
             flag = "" if w["face_found"][r] else " (no face: reused box)"
         else:
             face_ax.text(0.5, 0.5, "no video", ha="center", va="center")

@@ -37,17 +37,20 @@ class Windows:
     """One file's (or stream's) windows, as the networks will see them."""
 
     starts: np.ndarray  # (n,) seconds
-    faces: np.ndarray | None  # (n, S, S, 3) uint8, None without a video track
+    visual: np.ndarray | None  # face crops (n, S, S, 3) uint8, or facial features (n, D); None without visual input
     specs: np.ndarray | None  # (n, n_mels, frames) dB, None without an audio track
-    face: np.ndarray  # (n,) bool: a face was found in the window's own frame
+    face: np.ndarray  # (n,) bool: a face was found in the window's own frame (its features, with a feature table)
     speech: np.ndarray  # (n,) bool: the window has speech
 
 
 class Predictor:
-    def __init__(self, run: str | Path | None = None, device: str = "auto", windows: int | None = None):
+    def __init__(self, run: str | Path | None = None, device: str = "auto", windows: int | None = None,
+                 visual_features: str | Path | None = None):  # fmt: skip
         """``run``: a run folder, or None for the built-in speech model. ``windows``: how many random
         windows to look at per file (default: as in training); more gives a denser look at long
-        videos, at a proportional cost."""
+        videos, at a proportional cost. ``visual_features``: the feature table (a CSV, or a folder
+        of OpenFace CSVs) for a model trained on facial features instead of face crops; without
+        it such a model's visual input is missing, and ``note`` says so."""
         if windows is not None and windows < 1:
             raise RunError(f"windows must be at least 1, not {windows}")
         self.device = resolve_device(device)
@@ -67,6 +70,21 @@ class Predictor:
         if windows is not None:
             self.settings = replace(self.settings, windows=windows)
         self._cropper = None
+        visual_input = card.get("visual_input", {"kind": "faces"})
+        self.features, self.feature_stats, self.note = None, visual_input.get("stats"), None
+        if visual_input["kind"] == "features" and "visual" in self.modalities:
+            self.description += ", audio + facial features"
+            if visual_features is None:
+                self.note = "the model looks at facial features and no --visual-features table was given: its visual input is missing"
+            else:
+                from .visual_features import open_table
+
+                self.features = open_table(visual_features)
+                if self.features.columns != visual_input["columns"]:
+                    raise RunError(f"{visual_features}: its feature columns ({', '.join(self.features.columns[:4])} ...) are not the "
+                                   f"model's ({', '.join(visual_input['columns'][:4])} ...)")  # fmt: skip
+        elif visual_features is not None:
+            raise RunError(f"--visual-features {visual_features}: this model looks at face crops, not at facial features")
 
     @property
     def cropper(self):
@@ -78,7 +96,7 @@ class Predictor:
 
     def presence(self, w: Windows) -> tuple[np.ndarray, np.ndarray]:
         """Per window, whether the model gets visual and audio input (evidence only)."""
-        visual = w.face & (w.faces is not None) & ("visual" in self.modalities)
+        visual = w.face & (w.visual is not None) & ("visual" in self.modalities)
         audio = w.speech & (w.specs is not None) & ("audio" in self.modalities)
         return visual, audio
 
@@ -93,10 +111,11 @@ class Predictor:
         rows = np.flatnonzero(used)
         if not len(rows):
             return probs, used
-        faces = w.faces if "visual" in self.modalities else None
+        faces = w.visual if "visual" in self.modalities else None
         specs = w.specs if "audio" in self.modalities else None
         if "visual" in self.modalities and faces is None:
-            faces = np.zeros((n, self.settings.face_size, self.settings.face_size, 3), np.uint8)
+            shape = (len(self.feature_stats[0]),) if self.feature_stats else (self.settings.face_size, self.settings.face_size, 3)
+            faces = np.zeros((n, *shape), np.float32 if self.feature_stats else np.uint8)
         if "audio" in self.modalities and specs is None:
             specs = np.zeros((n, self.settings.n_mels, self.settings.spec_frames), np.float32)
         if specs is not None and levels is None:
@@ -104,7 +123,7 @@ class Predictor:
         # The windows, read like a cache by the evaluation loop (batches: activations stay small).
         reader = SimpleNamespace(read=lambda r: host_batch(
             None if faces is None else faces[r], None if specs is None else specs[r], visual[r], audio[r], self.audio_stats,
-            spec_level=None if specs is None else levels[r]))  # fmt: skip
+            spec_level=None if specs is None else levels[r], visual_stats=self.feature_stats))  # fmt: skip
         probs[rows] = window_probabilities(self.model, reader, rows, self.device, PREDICT_BATCH)
         return probs, used
 
@@ -113,13 +132,15 @@ class Predictor:
     def windows_of_file(self, path: str | Path, hop: float | None = None) -> tuple[Windows, dict]:
         """Raises MediaError for a file that cannot be used (its message names the file)."""
         needs_video = "visual" in self.modalities
-        cropper = _LazyCropper(self) if needs_video else None
-        raw = process_file(path, self.settings, cropper, key=Path(path).name, hop=hop)
+        cropper = _LazyCropper(self) if needs_video and self.feature_stats is None else None
+        raw = process_file(path, self.settings, cropper, key=Path(path).name, hop=hop, features=self.features)
         n = len(raw["starts"])
         specs = raw.get("specs")
-        faces = raw.get("faces") if needs_video else None
-        w = Windows(starts=raw["starts"], faces=faces, specs=specs,
-                    face=raw["face_found"] if faces is not None else np.zeros(n, bool),
+        if self.feature_stats is not None and self.features is None:
+            raw["meta"]["has_video"] = False  # a model of facial features without their table: no visual input (``note``)
+        visual = raw.get("visual") if needs_video else None
+        w = Windows(starts=raw["starts"], visual=visual, specs=specs,
+                    face=raw["face_found"] if visual is not None else np.zeros(n, bool),
                     speech=has_speech(specs) if specs is not None else np.zeros(n, bool))  # fmt: skip
         return w, raw["meta"]
 
@@ -134,7 +155,8 @@ class Predictor:
         if timeline:
             result["timeline"] = self.timeline(w, probs)
         if keep_faces:
-            return result, None if w.faces is None else w.faces[np.argsort(w.starts, kind="stable")]
+            crops = w.visual if w.visual is not None and w.visual.ndim == 4 else None  # face crops, not facial features
+            return result, None if crops is None else crops[np.argsort(w.starts, kind="stable")]
         return result
 
     def summary(self, name: str, w: Windows, probs: np.ndarray, used: np.ndarray, meta: dict) -> dict:
@@ -152,6 +174,8 @@ class Predictor:
             "speech_rate": round(float(w.speech.mean()), 4) if has_audio and len(w.starts) and "audio" in self.modalities else None,
             "missing": [m for m, ok in (("visual", has_video), ("audio", has_audio)) if not ok and m in self.modalities],
         }
+        if self.note:
+            result["note"] = self.note
         if used.any():
             mean = probs[used].mean(axis=0)
             result["emotion"] = self.classes[int(mean.argmax())]

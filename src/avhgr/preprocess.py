@@ -12,28 +12,32 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
-from .cache import consolidate, is_done, prepare_cache_dir, write_failure, write_part
+from .cache import (CacheError, Consolidated, ConsolidationLock, consolidate, has_result, is_bug, is_done, prepare_cache_dir, reopen,
+                    write_failure, write_part)  # fmt: skip
 from .datasets import Video
 from .decode import MediaError, probe, read_audio_windows, read_frames_at
+from .errors import log_bug
 from .features import FeatureSettings, key_frame_times, log_mel, regular_window_starts, sample_window_starts, video_seed
 
 
 FRAME_CHUNK = 32  # windows whose key frames (a 1080p frame is 6 MB) are held at once
 
 
-def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None, hop: float | None = None) -> dict:
-    """Windows of one media file: arrays 'starts', 'key_times', 'specs' (if audio), 'faces' and
-    'face_found' (if video), and 'meta'. ``key`` names the file in the window seed (default: its
-    name), so windows do not depend on where the dataset lies. ``hop``: windows every ``hop``
-    seconds from 0 over the whole file instead of random ones. ``cropper`` None: no faces (the
-    frames are not even decoded). Raises MediaError."""
+def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str | None = None, hop: float | None = None,
+                 features=None) -> dict:  # fmt: skip
+    """Windows of one media file: arrays 'starts', 'key_times', 'specs' (if audio), 'visual' (face
+    crops, or facial features) and 'face_found' (if it has visual input), and 'meta'. ``key``
+    names the file in the window seed (default: its name), so windows do not depend on where the
+    dataset lies. ``hop``: windows every ``hop`` seconds from 0 over the whole file instead of
+    random ones. ``cropper`` None: no faces (the frames are not even decoded). ``features``: a
+    ``visual_features.FeatureTable`` to take each window's visual input from instead of face crops
+    (then a file it names is audio-visual even without a video track). Raises MediaError."""
     info = probe(path)
     if hop is not None:
         starts = regular_window_starts(info.duration, hop, settings.window_seconds)
@@ -49,9 +53,15 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
             has_audio = False  # an audio stream with no decodable sample: treat as missing
         else:
             result["specs"] = log_mel(audio, settings).astype(np.float16)  # log_mel bounds its own memory
-    if info.has_video and cropper is not None:
-        result["faces"], result["face_found"] = crop_faces(path, key_times, cropper)
-    result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": info.has_video}
+    has_video = info.has_video
+    if features is not None:
+        looked_up = features.windows(path, key, starts, settings.window_seconds)
+        has_video = looked_up is not None
+        if has_video:
+            result["visual"], result["face_found"] = looked_up
+    elif info.has_video and cropper is not None:
+        result["visual"], result["face_found"] = crop_faces(path, key_times, cropper)
+    result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": has_video}
     return result
 
 
@@ -144,7 +154,7 @@ def die_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=watch, name="avhgr-parent-watch", daemon=True).start()
 
 
-def _init_worker(settings: FeatureSettings, device: str, threads: int, parent_pid: int | None = None) -> None:
+def _init_worker(settings: FeatureSettings, device: str, threads: int, parent_pid: int | None = None, features=None) -> None:
     if parent_pid is not None:
         die_with_parent(parent_pid)  # first: importing torch and loading MTCNN take seconds
     import torch
@@ -152,13 +162,14 @@ def _init_worker(settings: FeatureSettings, device: str, threads: int, parent_pi
     # One thread per worker: results do not depend on the thread count, and workers don't fight.
     torch.set_num_threads(threads)
     _WORKER["settings"] = settings
-    _WORKER["cropper"] = make_cropper(settings, device)
+    _WORKER["features"] = features
+    _WORKER["cropper"] = make_cropper(settings, device) if features is None else None  # a feature table needs no MTCNN
 
 
 def _work(out: str, vid: int, path: str, rel_path: str) -> tuple[int, str | None]:
     """Process one video and write its part file. Returns (vid, failure reason or None)."""
     try:
-        result = process_file(path, _WORKER["settings"], _WORKER["cropper"], key=rel_path)
+        result = process_file(path, _WORKER["settings"], _WORKER["cropper"], key=rel_path, features=_WORKER["features"])
         result["meta"]["rel_path"] = rel_path
         write_part(Path(out), vid, result)
         return vid, None
@@ -179,15 +190,29 @@ def _report_bug(out: Path, path: str, exc: Exception) -> str:
     return reason
 
 
-def log_bug(log: Path, path: str | Path, exc: Exception) -> str:
-    """Append ``exc``'s traceback to ``log`` (one write: processes append whole entries); the
-    one-line reason to show the user."""
-    try:
-        with open(log, "a", encoding="utf-8") as f:
-            f.write(f"== {path}\n{''.join(traceback.format_exception(exc))}\n")
-    except OSError:
-        return f"internal error, a bug in avhgr ({type(exc).__name__}: {exc})"
-    return f"internal error, a bug in avhgr: please report it with the traceback in {log}"
+def parse_shard(text: str | None, environ=os.environ) -> tuple[int, int] | None:
+    """``--shard K/N`` (0 <= K < N): this process's share of the videos, or ``auto``: K and N from
+    the scheduler that started it, a SLURM job array (SLURM_ARRAY_TASK_ID minus
+    SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT) or torchrun (RANK of WORLD_SIZE)."""
+    if text is None:
+        return None
+    if text == "auto":
+        if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
+            k = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            n = int(environ["SLURM_ARRAY_TASK_COUNT"])
+        elif "RANK" in environ and "WORLD_SIZE" in environ:
+            k, n = int(environ["RANK"]), int(environ["WORLD_SIZE"])
+        else:
+            raise CacheError("--shard auto: no SLURM job array (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT) "
+                             "or torchrun (RANK, WORLD_SIZE) in the environment; give --shard K/N")  # fmt: skip
+    else:
+        k_text, _, n_text = text.partition("/")
+        if not (k_text.isdigit() and n_text.isdigit()):
+            raise CacheError(f"--shard must be K/N (0 <= K < N) or auto; got {text!r}")
+        k, n = int(k_text), int(n_text)
+    if not 0 <= k < n:
+        raise CacheError(f"--shard {k}/{n}: K must be in 0 .. N-1 (the shares of N processes are 0/N ... {n - 1}/N)")
+    return k, n
 
 
 def run_preprocess(
@@ -201,55 +226,90 @@ def run_preprocess(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    retry_failed: bool = False,
+    shard: tuple[int, int] | None = None,
+    features=None,
 ) -> dict:
-    """Preprocess ``videos`` into the cache folder ``out`` (resumable). Returns the report."""
+    """Preprocess ``videos`` into the cache folder ``out`` (resumable). Returns the report, or,
+    for a ``shard`` (k, n) whose share is done while others' are not, {"complete": False, ...}.
+
+    Files that failed by an internal error (a bug, not the file's fault) are tried again on every
+    rerun; ``retry_failed`` tries every failed file again, also in a finished cache. ``shard``:
+    only the videos whose index is k modulo n; the process that finds every share done
+    consolidates. ``features``: a ``visual_features.FeatureTable``, the visual input instead of
+    face crops (recorded in the cache's settings)."""
     import json
 
     from tqdm import tqdm
 
     out = Path(out)
     root = Path(root)
+    if shard is not None and overwrite:
+        raise CacheError("--overwrite cannot be combined with --shard (one share would remove the others' work)")
     cache_settings = {
         "version": 1,
         "dataset": dataset,
         "classes": list(classes),
         "features": settings.as_dict(),
     }
+    if features is not None:
+        cache_settings["visual_features"] = features.describe()
     if overwrite and (out / "settings.json").exists():  # a cache being replaced: its old bug log too
         (out / ERRORS_LOG).unlink(missing_ok=True)
     if prepare_cache_dir(out, cache_settings, videos, overwrite):
-        return json.loads((out / "report.json").read_text())
+        report = json.loads((out / "report.json").read_text())
+        retry = [f for f in report["failed"] if retry_failed or is_bug(f)]
+        if not retry:
+            return report
+        reopen(out, videos, report["failed"], retry)
+    consolidated = Consolidated(out)  # a reopened cache keeps its other videos in its arrays
     base = root if root.is_dir() else root.parent
     rel = [_relative(v.path, base) for v in videos]
-    todo = [i for i in range(len(videos)) if not is_done(out, i)]
+    mine = range(len(videos)) if shard is None else range(shard[0], len(videos), shard[1])
+    todo = [i for i in mine if not is_done(out, i, consolidated, retry_failed)]
     t0 = time.time()
-    bar = tqdm(total=len(videos), initial=len(videos) - len(todo), desc="preprocess", unit="video", disable=not progress)
-    failures = 0
+    title = "preprocess" if shard is None else f"preprocess {shard[0]}/{shard[1]}"
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=title, unit="video", disable=not progress)
     if workers <= 1:
-        _init_worker(settings, device, threads=1)
+        _init_worker(settings, device, threads=1, features=features)
         for i in todo:
-            _, reason = _work(str(out), i, str(videos[i].path), rel[i])
-            failures += reason is not None
+            _work(str(out), i, str(videos[i].path), rel[i])
             bar.update(1)
     else:
         ctx = get_context("spawn")  # safe with torch; workers load MTCNN once each
-        initargs = (settings, device, 1, os.getpid())  # workers end with this process (die_with_parent)
+        initargs = (settings, device, 1, os.getpid(), features)  # workers end with this process (die_with_parent)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
             pending = set()
-            queue = iter(todo)
             # Keep a bounded number of tasks in flight so a huge dataset does not flood memory.
-            for i in queue:
+            for i in todo:
                 pending.add(pool.submit(_work, str(out), i, str(videos[i].path), rel[i]))
                 if len(pending) >= 4 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        failures += fut.result()[1] is not None
+                        fut.result()
                         bar.update(1)
             for fut in pending:
-                failures += fut.result()[1] is not None
+                fut.result()
                 bar.update(1)
     bar.close()
-    return consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
+    # Consolidate once every share is done, by one process (several shards may finish at once).
+    if (out / "COMPLETE").exists():  # another shard has consolidated it already
+        return json.loads((out / "report.json").read_text())
+    left = sum(not has_result(out, i, consolidated) for i in range(len(videos)))
+    if left:
+        return {"complete": False, "shard": shard, "videos_requested": len(videos), "videos_left": left}
+    lock = ConsolidationLock(out)
+    if not lock.acquire(steal=shard is None):
+        if shard is not None:
+            return {"complete": False, "shard": shard, "videos_requested": len(videos), "videos_left": 0, "consolidating": lock.holder()}
+        raise CacheError(f"{out}: another process ({lock.holder()}) is consolidating this cache; rerun when it has finished "
+                         f"(or, if it died on another machine, remove {lock.path})")  # fmt: skip
+    try:
+        if (out / "COMPLETE").exists():  # another process finished it in the meantime
+            return json.loads((out / "report.json").read_text())
+        return consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
+    finally:
+        lock.release()
 
 
 def _relative(path: Path, base: Path) -> str:

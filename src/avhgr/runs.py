@@ -4,6 +4,7 @@
     split.json         the videos of train / val / test by path, and which training videos keep labels
     metrics.csv        one row per epoch and stage (and TensorBoard logs in tb/)
     stage1_*.safetensors, stage2.safetensors   each stage's best weights
+    stage1_*.final.safetensors                 stage 1's weights after its last epoch (its "last epoch" test)
     *.last.pt          resume states (weights, Adam moments, metric history), deleted once done
     model.safetensors + model.json             what prediction needs
     report.json        the test result, written last: its presence means the run is finished
@@ -13,6 +14,8 @@ Every write is atomic, so a run killed at any moment leaves the previous state w
 """
 
 from __future__ import annotations
+
+from .errors import UserError
 
 import csv
 import io
@@ -28,12 +31,25 @@ from .cache import Cache, atomic_write_bytes, atomic_write_text
 from .models import build_model
 
 METRIC_FIELDS = ["stage", "epoch", "loss", "ce", "corr", "val_video_acc", "val_window_acc", "lr", "seconds"]
-# Settings that may differ between the start of a run and its resume.
-RESUME_FREE = ("device", "amp", "keep_states")
+# Settings that may differ between the start of a run and its resume (where it runs, and whether
+# its optimiser states are kept: neither changes what it computes).
+RESUME_FREE = ("device", "keep_states")
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run folder or setting that cannot be used as asked."""
+
+
+class SettingsChanged(RunError):
+    """A run folder asked to continue (or read back) under other settings than it was started with."""
+
+    def __init__(self, path, changed: list[str]):
+        self.path, self.changed = str(path), list(changed)
+        super().__init__(f"{path}: --resume with other settings than the run was started with ({', '.join(changed)}); "
+                         "use another --out, or the settings it was started with")  # fmt: skip
+
+    def __reduce__(self):  # picklable with its fields (broadcast between processes)
+        return SettingsChanged, (self.path, self.changed)
 
 
 # --------------------------------------------------------------------------- weights and states
@@ -44,15 +60,31 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
 
 
-def load_weights(module: torch.nn.Module, path: Path) -> None:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors state dict, or a clear error naming the file."""
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files
         raise RunError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+
+
+def apply_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
         raise RunError(f"{path}: does not match this model ({str(exc).splitlines()[0]})") from exc
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    apply_weights(module, read_weights(path), path)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of a weights file: what a run that starts from it records, so that a source trained
+    again is noticed."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_state(state: dict, path: Path) -> None:
@@ -122,22 +154,26 @@ class RunFolder:
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"{self.path}: its split.json is missing or unreadable ({exc})") from exc
 
-    def start(self, settings: dict, resume: bool) -> None:
-        """Create the folder, or check that a resume asks for the settings it was started with."""
+    def check(self, settings: dict, resume: bool) -> None:
+        """Refuse a folder that already holds a run unless ``resume``, and a resume (of a run
+        finished or not) under other ``settings`` than it was started with: the old result must
+        never come back under new settings."""
+        if not self.file("config.json").exists():
+            return
+        if not resume:
+            raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
+        old = self.config()
+        changed = sorted(k for k in set(old["train"]) | set(settings["train"])
+                         if k not in RESUME_FREE and old["train"].get(k) != settings["train"].get(k))  # fmt: skip
+        changed += [k for k in ("cache_settings", "init_weights") if old.get(k) != settings.get(k)]
+        if changed:
+            raise SettingsChanged(self.path, changed)
+
+    def start(self, settings: dict) -> None:
+        """Create the folder and write its settings (``check`` first)."""
         if not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.file("config.json").exists():
-            if not resume:
-                raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
-            old = self.config()
-            free = dict.fromkeys(RESUME_FREE)
-            if old.get("cache_settings") != settings.get("cache_settings"):
-                raise RunError(f"{self.path}: --resume on a cache made with other settings than the run was started with")
-            if {**old["train"], **free} != {**settings["train"], **free}:
-                changed = sorted(k for k in set(old["train"]) | set(settings["train"])
-                                 if k not in RESUME_FREE and old["train"].get(k) != settings["train"].get(k))  # fmt: skip
-                raise RunError(f"{self.path}: --resume with other settings than the run was started with ({', '.join(changed)})")
         atomic_write_text(self.file("config.json"), json.dumps(settings, indent=2))
 
     def write_split(self, document: dict) -> None:
@@ -147,18 +183,28 @@ class RunFolder:
     # ---- one stage's files
 
     def best(self, stage: str) -> Path:
+        """The stage's best weights (its result)."""
         return self.file(f"{stage}.safetensors")
 
-    def last(self, stage: str) -> Path:
+    def final(self, stage: str) -> Path:
+        """The stage's weights after its last epoch, for the test of the last epoch beside the best."""
+        return self.file(f"{stage}.final.safetensors")
+
+    def state_file(self, stage: str) -> Path:
+        """The stage's resume state (weights, optimiser, metric history), after its latest epoch."""
         return self.file(f"{stage}.last.pt")
 
     def save_best(self, stage: str, model: torch.nn.Module) -> None:
         if self.writer:
             save_weights(model, self.best(stage))
 
-    def save_last(self, stage: str, state: dict) -> None:
+    def save_final(self, stage: str, model: torch.nn.Module) -> None:
         if self.writer:
-            save_state(state, self.last(stage))
+            save_weights(model, self.final(stage))
+
+    def save_state(self, stage: str, state: dict) -> None:
+        if self.writer:
+            save_state(state, self.state_file(stage))
 
     def write_metrics(self, stage: str, history: list[dict]) -> None:
         """metrics.csv with ``stage``'s rows replaced by ``history`` (the other stages' rows stay)."""
@@ -213,9 +259,11 @@ class RunFolder:
             return
         for path in self.path.glob("*.last.pt"):
             path.unlink(missing_ok=True)
-        # The joint model's best weights are model.safetensors; stage-1 weights stay (--init-from).
+        # The joint model's best weights are model.safetensors and its last epoch is in the report;
+        # stage-1 weights stay (--init-from).
         if self.file("model.safetensors").exists():
-            self.best("stage2").unlink(missing_ok=True)
+            for path in (self.best("stage2"), self.final("stage2"), self.best("stage2_warmup")):
+                path.unlink(missing_ok=True)
 
 
 def write_report_files(out: Path, report: dict, classes: list[str], stem: str = "test") -> None:

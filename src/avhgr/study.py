@@ -16,15 +16,14 @@ jobs are read back, an interrupted one resumes, and only what is missing is done
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_write_text
+from .cache import atomic_write_text, write_csv
+from .stats import mean_std
 from .train import TrainConfig, train
 
 PAPER_LAYERS = (1, 2, 4)
@@ -77,19 +76,16 @@ def lam_name(lam: float) -> str:
 
 
 def run_jobs(jobs: list[tuple[str, TrainConfig]], title: str, log=print) -> dict[str, dict]:
-    """Run (or read back) each job in order; a progress bar counts cells done and to go."""
+    """Run each job in order: a finished one is read back once its settings are checked (a cell
+    asked for under other settings is refused, naming them), an interrupted one resumes. A bar
+    counts the cells; within a cell, each epoch shows its own bar as `avhgr train` does."""
     from tqdm import tqdm
 
-    done = {key for key, cfg in jobs if (Path(cfg.out) / "report.json").exists()}
     results: dict[str, dict] = {}
-    bar = tqdm(total=len(jobs), initial=len(done), desc=title, unit="run")  # tqdm shows the time left
+    bar = tqdm(total=len(jobs), desc=title, unit="run")  # tqdm shows the time left
     for key, cfg in jobs:
-        report_path = Path(cfg.out) / "report.json"
-        if report_path.exists():
-            results[key] = json.loads(report_path.read_text())
-            continue
         bar.set_postfix_str(key)
-        results[key] = train(cfg, resume=True, log=lambda *a: None)
+        results[key] = train(cfg, resume=True, log=lambda *a: None, progress=True)
         bar.update(1)
     bar.close()
     return results
@@ -99,11 +95,6 @@ def _cells_table(rows: list[tuple[str, list[str]]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([name, *cells]) + " |" for name, cells in rows]
     return "\n".join(lines)
-
-
-def _fmt(values: list[float]) -> str:
-    v = 100 * np.asarray(values, dtype=float)
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
 
 
 # --------------------------------------------------------------------------- stability
@@ -137,7 +128,7 @@ def stability(opt: StudyOptions, log=print) -> dict:
         cells, line = [], []
         for layers in opt.layers:
             vals = acc(f"{key}/L{layers}") if per_layer else acc(key)
-            cells.append(_fmt(vals))
+            cells.append(mean_std(vals))
             line.append(float(np.mean(vals)))
             csv_rows.append({"method": name, "fusion_layers": layers if per_layer else "", "runs": len(vals),
                              "mean": round(float(np.mean(vals)), 6), "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 6),
@@ -225,7 +216,7 @@ def semi(opt: StudyOptions, log=print) -> dict:
         cells = []
         for frac in opt.fractions:
             vals = [results[f"{frac:g}/{method}/{s}"]["video_accuracy"] for s in opt.seeds]
-            cells.append(_fmt(vals))
+            cells.append(mean_std(vals))
             rows.append({"method": method, "labeled_fraction": frac, "runs": len(vals), "mean": round(float(np.mean(vals)), 6),
                          "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 6)})  # fmt: skip
         table.append((method, cells))
@@ -245,16 +236,10 @@ def _settings_line(opt: StudyOptions) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    import io
-
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, fields, [[r.get(k, "") for k in fields] for r in rows])
 
 
 STUDIES = {"stability": stability, "missing": missing, "semi": semi}

@@ -1,19 +1,26 @@
 """Training: the paper's two stages, read top to bottom.
 
-    train_run     the recipe: stage 1 (each network alone, CE), stage 2 (joint, CE + λ·L_corr),
-                  the test once at the end
-    fit           one stage's loop: epochs of training, validation, best-epoch checkpoints, resume
+    train_run     the recipe: stage 1 (each network alone, CE), the fusion warm-up, stage 2
+                  (joint, CE + λ·L_corr), the test once at the end (best and last epoch)
+    fit           one stage's loop: epochs of training, validation, the best epoch, resume
     train_epoch   one pass over the training windows; train_step: one optimiser step
 
 The run folder (config check, checkpoints, metrics, report, resume states) is ``runs.RunFolder``;
 evaluation is ``evaluate``; every model takes a batch and picks its own inputs, so no code here
 decides which tensor goes to which network.
 
-Each stage keeps the epoch of best validation *video* accuracy (the mean of a video's window
-probabilities). Reproducible and resumable: each epoch's shuffling is seeded by (seed, stage,
-epoch), and after every epoch the model, optimiser and metric history are checkpointed
-atomically, so a run killed at any time and resumed ends where an uninterrupted one does (on the
-CPU). Under torchrun each process takes a slice of every batch (see ``distributed``).
+Model selection: each stage keeps the epoch of best validation *video* accuracy (the mean of a
+video's window probabilities), ties broken by the validation window accuracy, then by the
+earlier epoch. The fusion warm-up is a phase of its own before stage 2 (only the new fusion
+network learns, with CE alone): its epochs are never stage 2's best, so every method's model is
+one that its own loss trained (with the warm-up counted in, the three methods' identical warm-up
+model won the selection on the demo corpus).
+
+Reproducible and resumable: each epoch's shuffling is seeded by (seed, stage, epoch), and after
+every epoch the model, optimiser and metric history are checkpointed atomically, so a run killed
+at any time and resumed ends where an uninterrupted one does (on the CPU). Under torchrun each
+process takes a slice of every batch (see ``distributed``); only rank 0 reads and writes the run
+folder and sends the others what they need.
 """
 
 from __future__ import annotations
@@ -23,22 +30,24 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cache import Cache
 from .augment import augment
+from .cache import Cache, atomic_write_text
 from .data import LEVELS, WindowReader, device_batches, draw_windows, labeled_subset, split_videos
-from .distributed import all_sum, barrier, broadcast, resolve_device, setup
+from .distributed import DistInfo, GlobalBatchNorm, all_sum, barrier, broadcast, fast_amp, resolve_device, setup
+from .errors import UserError
 from .evaluate import evaluate_videos, metrics, window_probabilities
 from .losses import joint_objective
-from .models import FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
-from .runs import RunError, RunFolder, link_or_copy, load_state, load_weights, split_document
+from .models import BACKBONES, FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
+from .runs import (RunError, RunFolder, SettingsChanged, apply_weights, link_or_copy, load_state, read_weights, split_document,
+                   weights_digest)  # fmt: skip
 
-__all__ = ["RunError", "TrainConfig", "train", "train_run", "mean_std"]
+__all__ = ["RunError", "SettingsChanged", "TrainConfig", "train", "train_owned", "train_run"]
 
 
 @dataclass
@@ -48,7 +57,7 @@ class TrainConfig:
     corr: str = "fgh"  # fgh | fg | none (the baseline)
     lam: float = 1.0
     fusion_layers: int = 2
-    epochs: int = 100
+    epochs: int = 100  # stage 2's joint epochs (after its fusion warm-up), and stage 1's unless pretrain_epochs
     pretrain_epochs: int | None = None  # stage 1; None: same as epochs
     batch_size: int = 90
     lr: float = 1e-3
@@ -62,24 +71,23 @@ class TrainConfig:
     folds: int = 6
     labeled_fraction: float = 1.0
     init_from: str | None = None  # a run folder whose stage-1 networks start this run (no stage 1 here)
-    amp: bool | None = None  # bf16 autocast; None: on CUDA only
+    amp: bool | None = None  # bf16 autocast; None: where it is faster (distributed.fast_amp), resolved at once
     eval_batch_size: int = 256
     keep_states: bool = False  # keep the resume states (*.last.pt, ~3x the weights) once the run is done
     # The recipe: "paper" is the paper's literal settings; "avhgr" (the default) our measured
     # choices (README, "Training recipe"). A setting given explicitly overrides its recipe.
     recipe: str = "avhgr"
-    feature_norm: str | None = None  # none | batch | rescale: what f and g are (models.AVHGRModel)
+    feature_norm: str | None = None  # none | batch | rescale: what f and g are (models.AVHGRModel); batch standardises h too
     lam_warmup: int | None = None  # epochs over which λ grows linearly from 0 at the start of stage 2
-    fusion_warmup: int | None = None  # first epochs of stage 2 in which only the fusion (and label) networks learn
-    stage2_lr: float | None = None  # learning rate of stage 2 (0: same as lr)
+    fusion_warmup: int | None = None  # epochs before stage 2 in which only the fusion network learns (CE alone)
+    stage2_lr: float | None = None  # learning rate of stage 2; None: the same as lr
     weight_decay: float | None = None  # decoupled (AdamW); 0: plain Adam
     schedule: str | None = None  # constant | cosine (per epoch, within each stage)
-    windows_per_epoch: int | None = None  # windows drawn anew per video each epoch from its cached ones (0: all)
+    windows_per_epoch: int | str | None = None  # "all" cached windows each epoch, or k per video drawn anew each epoch
     spec_augment: bool | None = None  # time and frequency masks on training spectrograms
     face_augment: bool | None = None  # random flips and light crops of training faces
     level: str | None = None  # absolute | recording | window: spectrogram level (data.WindowReader)
     evidence: bool | None = None  # a window without a found face has no visual input, one without speech no audio
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -87,15 +95,29 @@ class TrainConfig:
         for key, value in RECIPES[self.recipe].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.amp is None:
+            self.amp = fast_amp(self.device)
         if self.feature_norm not in FEATURE_NORMS:
             raise RunError(f"--feature-norm must be {', '.join(FEATURE_NORMS)}; got {self.feature_norm}")
         if self.schedule not in ("constant", "cosine"):
             raise RunError(f"--schedule must be constant or cosine; got {self.schedule}")
         if self.level not in LEVELS:
             raise RunError(f"--level must be {', '.join(LEVELS)}; got {self.level}")
-        for key in ("lam_warmup", "fusion_warmup", "windows_per_epoch", "weight_decay", "stage2_lr"):
+        if self.backbone not in BACKBONES:
+            raise RunError(f"--backbone must be one of {', '.join(BACKBONES)}; got {self.backbone}")
+        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "batch_size"):
             if getattr(self, key) < 0:
                 raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
+        if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
+            raise RunError(f"--pretrain-epochs must not be negative; got {self.pretrain_epochs}")
+        if self.stage2_lr is not None and not self.stage2_lr > 0:
+            raise RunError(f"--stage2-lr must be positive (leave it out for the same rate as --lr); got {self.stage2_lr}")
+        if isinstance(self.windows_per_epoch, str) and self.windows_per_epoch.isdigit():
+            self.windows_per_epoch = int(self.windows_per_epoch)
+        if self.windows_per_epoch != "all" and not (isinstance(self.windows_per_epoch, int) and self.windows_per_epoch >= 1):
+            raise RunError(f"--windows-per-epoch must be all or a number of windows (at least 1); got {self.windows_per_epoch}")
+        if not 0 < self.labeled_fraction <= 1:
+            raise RunError(f"--labeled-fraction must be in (0, 1]; got {self.labeled_fraction}")
         self.modalities = tuple(sorted(set(self.modalities), key=MODALITIES.index))
         if not self.modalities or any(m not in MODALITIES for m in self.modalities):
             raise RunError(f"--modalities must be audio, visual or audio,visual; got {','.join(self.modalities)}")
@@ -108,11 +130,9 @@ class TrainConfig:
     def stage1_epochs(self) -> int:
         return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
 
-    def lr_at(self, stage: "Stage", epoch: int, group: str = "networks") -> float:
-        """The learning rate of a parameter group ("networks" from stage 1, or "fusion") in an epoch."""
-        if stage.corr_stage and group == "networks" and epoch < self.fusion_warmup:
-            return 0.0  # the fresh fusion network first learns on the stage-1 features as they are
-        base = self.stage2_lr if stage.corr_stage and self.stage2_lr else self.lr
+    def lr_at(self, stage: "Stage", epoch: int) -> float:
+        """The learning rate of an epoch of a stage."""
+        base = self.stage2_lr if stage.joint and self.stage2_lr is not None else self.lr
         if self.schedule == "cosine":
             return base * 0.5 * (1 + math.cos(math.pi * epoch / max(stage.epochs, 1)))
         return base
@@ -130,10 +150,10 @@ class TrainConfig:
 
 
 RECIPES = {
-    "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, stage2_lr=0.0, weight_decay=0.0, schedule="constant",
-                  windows_per_epoch=0, spec_augment=False, face_augment=False, level="absolute", evidence=False),
-    "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, stage2_lr=0.0, weight_decay=0.05, schedule="cosine",
-                  windows_per_epoch=0, spec_augment=True, face_augment=True, level="window", evidence=True),
+    "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, weight_decay=0.0, schedule="constant",
+                  windows_per_epoch="all", spec_augment=False, face_augment=False, level="absolute", evidence=False),
+    "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, weight_decay=0.05, schedule="cosine",
+                  windows_per_epoch="all", spec_augment=True, face_augment=True, level="window", evidence=True),
 }  # fmt: skip
 
 # What a stage-1 network depends on besides the cache and the split: a run may start from another
@@ -146,28 +166,30 @@ STAGE1_SETTINGS = ("seed", "split", "fold", "folds", "labeled_fraction", "backbo
 class Stage:
     """One stage: a model, the training videos it learns from, and its loss."""
 
-    name: str  # stage1_audio, stage1_visual, stage2
+    name: str  # stage1_audio, stage1_visual, stage2_warmup, stage2
     model: torch.nn.Module
     videos: list[int]
     epochs: int
-    index: int  # seeds the shuffles: each stage has its own order
+    shuffle_key: int  # seeds the stage's shuffles and window draws: each stage has its own order
     corr: str = "none"
-    corr_stage: bool = False  # the joint stage (stage 2), with its own learning rate and λ warm-up
+    joint: bool = False  # stage 2 or its warm-up: the stage-2 learning rate
+    trains: str = "all"  # "all" parameters, or only the "fusion" network (the warm-up)
+    keep: str = "best"  # the "best" validation epoch, or the "last" (the warm-up)
 
 
 class Session:
     """What every stage of a run shares: the device and processes, the cache, the split, the reader."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, dist: DistInfo = DistInfo()):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.dist = setup(self.device.type)
+        self.dist = dist
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         if self.dist.enabled and cfg.batch_size < 2 * self.dist.world:
             raise RunError(f"--batch-size {cfg.batch_size} is too small for {self.dist.world} processes (at least 2 rows each)")
-        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.amp = cfg.amp
         self.channels_last = self.device.type == "cuda" or self.amp  # with bf16 the CPU is faster channels-last too
         if self.device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
             torch.backends.cudnn.benchmark = True
@@ -183,6 +205,11 @@ class Session:
         self.labeled = labeled_subset(self.split["train"], labels, cfg.labeled_fraction, cfg.seed)
         self.reader = WindowReader(self.cache, modalities=cfg.modalities, level=cfg.level, evidence=cfg.evidence)
         self.audio_stats = self.reader.fit_audio_stats(self.reader.windows(self.split["train"]), seed=cfg.seed)
+        self.visual_stats = self.reader.fit_visual_stats(self.reader.windows(self.split["train"]))
+        table = self.cache.visual_features  # facial features instead of face crops: their columns
+        self.visual_input = {"kind": "faces"} if table is None else {"kind": "features", "columns": table["columns"], "table": table,
+                                                                     "stats": self.visual_stats}  # fmt: skip
+        self.visual_features = None if table is None else len(table["columns"])
 
     def batches(self, windows: np.ndarray, batch_size: int | None = None):
         """Device batches of ``windows`` in order (no shuffling, no augmentation)."""
@@ -202,26 +229,70 @@ class Session:
             val = {"video_accuracy": m["video_accuracy"], "window_accuracy": m["window_accuracy"]}
         return broadcast(val, self.dist)
 
+    def test(self, model: torch.nn.Module) -> dict:
+        """The test videos' metrics (rank 0; the others get {})."""
+        if not self.dist.main:
+            return {}
+        return evaluate_videos(model, self.reader, self.cache, self.split["test"], self.device, self.cfg.eval_batch_size, amp=self.amp)
+
+
+def on_main(dist: DistInfo, read):
+    """``read()`` done by rank 0, the only process that reads the run folders, and its result sent
+    to every rank (so the nodes of a multi-node run need no shared disk). A user error it raises
+    is raised on every rank."""
+    result = error = None
+    if dist.main:
+        try:
+            result = read()
+        except UserError as exc:
+            error = exc
+    result, error = broadcast((result, error), dist)
+    if error is not None:
+        raise error
+    return result
+
 
 # --------------------------------------------------------------------------- the recipe
 
 
+def run_settings(cfg: TrainConfig) -> dict:
+    """What a run folder records and a resume must match: the training settings, the cache's
+    settings and, when it starts from another run, the digests of the stage-1 weights it takes."""
+    try:
+        cache_settings = json.loads((Path(cfg.cache) / "settings.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        cache_settings = Cache.open(cfg.cache).settings  # raises the clear error of a missing or unfinished cache
+    settings = {"train": cfg.to_json(), "cache_settings": cache_settings}
+    if cfg.init_from:
+        source = RunFolder(cfg.init_from)
+        settings["init_weights"] = {m: weights_digest(source.best(f"stage1_{m}")) for m in cfg.modalities
+                                    if source.best(f"stage1_{m}").exists()}  # fmt: skip
+    return settings
+
+
 def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = False) -> dict:
-    """One run in ``cfg.out``: stage 1 per modality, stage 2 joint, then the test. A finished run
-    resumed is read back, nothing redone."""
-    run = RunFolder(cfg.out, writer=int(os.environ.get("RANK", "0")) == 0)
-    if resume and run.finished:
-        if not run.writer:
+    """One run in ``cfg.out``: stage 1 per modality, the fusion warm-up, stage 2 joint, then the
+    test. A finished run resumed is read back, nothing redone, once its settings are checked."""
+    dist = setup(resolve_device(cfg.device).type)
+    run = RunFolder(cfg.out, writer=dist.main)
+    settings = on_main(dist, lambda: run_settings(cfg))
+
+    def check():
+        run.check(settings, resume)  # before a finished run's result is returned
+        return run.finished
+
+    if on_main(dist, check):
+        if not dist.main:
             return {}
         run.drop_states(cfg.keep_states)  # it may have been killed while tidying up
         return run.report()
     t0 = time.time()
-    s = Session(cfg)
-    if not run.writer:
+    s = Session(cfg, dist)
+    if not dist.main:
         log = lambda *a, **k: None  # noqa: E731
     split_doc = split_document(s.cache, s.split, s.labeled)
-    source = check_init_source(cfg, s, split_doc) if cfg.init_from else None  # before anything is written
-    run.start({"train": cfg.to_json(), "cache_settings": s.cache.settings}, resume)
+    source = on_main(dist, lambda: check_init_source(cfg, s, split_doc)) if cfg.init_from else None  # before anything is written
+    run.start(settings)
     run.write_split(split_doc)
     barrier(s.dist)
 
@@ -229,12 +300,15 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
     nets: dict[str, ModalityNet] = {}
     for index, modality in enumerate(cfg.modalities):
         torch.manual_seed(cfg.seed * 1000 + index)  # initial weights depend on the seed alone
-        net = ModalityNet(len(s.classes), modality, cfg.backbone, cfg.pretrained)
+        net = ModalityNet(len(s.classes), modality, cfg.backbone, cfg.pretrained, s.visual_features)
         name = f"stage1_{modality}"
         if source is not None:
-            load_weights(net, source.best(name))
+            best = source.best(name)
+            apply_weights(net, on_main(dist, lambda: read_weights(best)), best)
             if run.writer:
-                link_or_copy(source.best(name), run.best(name))
+                for path in (best, source.final(name)):
+                    if path.exists():
+                        link_or_copy(path, run.file(path.name))
         else:
             labeled_train = [v for v in s.split["train"] if v in s.labeled]
             stages[name] = fit(s, run, Stage(name, net, labeled_train, cfg.stage1_epochs, index + 1), log, progress)
@@ -242,27 +316,44 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
 
     if len(nets) == 1:
         model: torch.nn.Module = nets[cfg.modalities[0]]
+        final_weights = run.final(f"stage1_{cfg.modalities[0]}")
     else:
         torch.manual_seed(cfg.seed * 1000 + 99)
         model = AVHGRModel.from_stage1(nets, cfg.fusion_layers, cfg.feature_norm)
-        stage = Stage("stage2", model, s.split["train"], cfg.epochs, 10, cfg.corr, corr_stage=True)
         sample = np.random.default_rng(cfg.seed).permutation(s.reader.windows(s.split["train"]))[:2048]
         model.to(s.device).calibrate(s.batches(np.sort(sample)))
-        stages["stage2"] = fit(s, run, stage, log, progress)
+        if cfg.fusion_warmup:  # CE alone, only the fresh fusion network learns: the same for every method
+            warmup = Stage("stage2_warmup", model, s.split["train"], cfg.fusion_warmup, 9, joint=True, trains="fusion", keep="last")
+            stages["stage2_warmup"] = fit(s, run, warmup, log, progress)
+        stages["stage2"] = fit(s, run, Stage("stage2", model, s.split["train"], cfg.epochs, 10, cfg.corr, joint=True), log, progress)
+        final_weights = run.final("stage2")
 
     report = {"classes": s.classes, "config": cfg.to_json(), "audio_stats": list(s.audio_stats)}
-    if s.dist.main and s.split["test"]:
-        report |= evaluate_videos(model, s.reader, s.cache, s.split["test"], s.device, cfg.eval_batch_size, amp=s.amp)
-    elif not s.split["test"]:
-        report |= {"video_accuracy": None, "window_accuracy": None, "videos": 0, "predictions": []}  # --split all: no test
+    if s.split["test"]:
+        report |= s.test(model)
+        report["last_epoch"] = last_epoch_test(s, model, final_weights)
+    else:  # --split all: no test
+        report |= {"video_accuracy": None, "window_accuracy": None, "videos": 0, "predictions": [], "last_epoch": None}
     report |= {"train_seconds": round(time.time() - t0, 2), "stages": stages}
     # What prediction needs to rebuild and feed the model, beside its weights.
     card = {"classes": s.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone, "fusion_layers": cfg.fusion_layers,
             "feature_norm": cfg.feature_norm, "audio_stats": list(s.audio_stats), "level": cfg.level, "evidence": cfg.evidence,
-            "features": s.cache.settings["features"]}  # fmt: skip
+            "features": s.cache.settings["features"], "visual_input": s.visual_input}  # fmt: skip
     run.finish(model, card, report, cfg.keep_states)
     barrier(s.dist)
     return report if run.writer else {}
+
+
+def last_epoch_test(s: Session, model: torch.nn.Module, final_weights: Path) -> dict | None:
+    """The test of the tested model's stage as it was after its last epoch (rank 0), to set beside
+    the best epoch's: how much model selection mattered."""
+    if not s.dist.main or not final_weights.exists():
+        return None
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    apply_weights(model, read_weights(final_weights), final_weights)
+    m = s.test(model)
+    model.load_state_dict(kept)
+    return {"video_accuracy": m["video_accuracy"], "window_accuracy": m["window_accuracy"]}
 
 
 def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolder:
@@ -298,48 +389,62 @@ def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolde
 
 
 def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = False) -> dict:
-    """Train ``stage.model`` for ``stage.epochs``; keep (and end with) the best validation epoch."""
+    """Train ``stage.model`` for ``stage.epochs``; end with the kept epoch (``stage.keep``) and
+    save the last epoch's weights beside it (``RunFolder.final``)."""
     model, train_model, opt = prepare(s, stage)
-    state = {"epoch": 0, "best_acc": -1.0, "best_epoch": -1, "history": [], "first_step_corr": None}
-    if run.last(stage.name).exists():
-        saved = load_state(run.last(stage.name))
+    state = {"epoch": 0, "best_acc": -1.0, "best_window_acc": -1.0, "best_epoch": -1, "history": [], "first_step_corr": None}
+    best_weights = None  # every rank keeps the kept epoch's weights: no rank reads them back from disk
+    saved = on_main(s.dist, lambda: load_state(run.state_file(stage.name)) if run.state_file(stage.name).exists() else None)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = {k: saved.get(k, v) for k, v in state.items()}
+        best_weights = on_main(s.dist, lambda: read_weights(run.best(stage.name)) if run.best(stage.name).exists() else None)
         if state["epoch"] < stage.epochs:
             log(f"{stage.name}: resuming after epoch {state['epoch']}")
     windows = s.reader.windows(stage.videos, model.modalities)
     for epoch in range(state["epoch"], stage.epochs):
         t0 = time.time()
         for group in opt.param_groups:
-            group["lr"] = s.cfg.lr_at(stage, epoch, group["name"])
-        ce, corr, first_corr = train_epoch(s, stage, train_model, opt, windows, epoch, progress)
+            group["lr"] = s.cfg.lr_at(stage, epoch)
+        ce, corr, loss, first_corr = train_epoch(s, stage, train_model, opt, windows, epoch, progress)
         if epoch == 0 and stage.corr != "none":
             state["first_step_corr"] = first_corr  # L_corr at the first joint step: does the stage start sane?
         val = s.validate(model)
-        loss = ce + s.cfg.lam * corr if stage.corr != "none" else ce
         row = {"stage": stage.name, "epoch": epoch + 1, "loss": round(loss, 6), "ce": round(ce, 6), "corr": round(corr, 6),
                "val_video_acc": round(val["video_accuracy"], 6), "val_window_acc": round(val["window_accuracy"], 6),
-               "lr": max(g["lr"] for g in opt.param_groups), "seconds": round(time.time() - t0, 3)}  # fmt: skip
+               "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}  # fmt: skip
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        # The best validation epoch; without validation videos (--split all), the last epoch.
-        if val["video_accuracy"] > state["best_acc"] or math.isnan(val["video_accuracy"]):
-            state["best_acc"], state["best_epoch"] = val["video_accuracy"], epoch + 1
+        if keeps(stage, val, state):
+            state["best_acc"], state["best_window_acc"], state["best_epoch"] = val["video_accuracy"], val["window_accuracy"], epoch + 1
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             run.save_best(stage.name, model)
-        run.save_last(stage.name, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state})
+        run.save_state(stage.name, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state})
         run.write_metrics(stage.name, state["history"])
         run.add_scalars(row)
         barrier(s.dist)
         log(f"{stage.name} epoch {epoch + 1}/{stage.epochs}: loss {loss:.4f} (ce {ce:.4f}, corr {corr:.4f}) "
             f"val video acc {val['video_accuracy']:.3f} [{row['seconds']:.1f}s]")  # fmt: skip
-    if not run.best(stage.name).exists():  # zero epochs: the starting weights are the result
+    if stage.keep == "best":
+        run.save_final(stage.name, model)
+    if best_weights is None:  # zero epochs: the starting weights are the result
         run.save_best(stage.name, model)
+    else:
+        model.load_state_dict(best_weights)
     barrier(s.dist)
-    load_weights(model, run.best(stage.name))
     best = None if math.isnan(state["best_acc"]) else state["best_acc"]  # NaN: no validation videos
     return {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_video_accuracy": best,
             "first_step_corr": state["first_step_corr"]}  # fmt: skip
+
+
+def keeps(stage: Stage, val: dict, state: dict) -> bool:
+    """Whether this epoch replaces the kept one: a better validation video accuracy, or the same
+    with a better window accuracy (the earlier epoch wins a full tie); always for the warm-up and
+    without validation videos (the last epoch is kept)."""
+    if stage.keep == "last" or math.isnan(val["video_accuracy"]):
+        return True
+    return (val["video_accuracy"], val["window_accuracy"]) > (state["best_acc"], state["best_window_acc"])
 
 
 def prepare(s: Session, stage: Stage):
@@ -348,32 +453,32 @@ def prepare(s: Session, stage: Stage):
     model = stage.model.to(s.device)
     if s.channels_last:
         model.to(memory_format=torch.channels_last)
-    model.freeze_unused(stage.corr)
+    model.freeze_unused(stage.corr, stage.trains)
     train_model = model
     if s.dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if s.device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the same module
-        # A batch whose rows all miss a modality leaves that network unused (off CUDA: no SyncBatchNorm).
+        # BatchNorm over the global batch, so that the step does not depend on the number of processes:
+        # torch's SyncBatchNorm on GPUs, ours on the CPU. In place: the same module.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if s.device.type == "cuda" else GlobalBatchNorm.convert(model)
+        # A batch whose rows all miss a modality leaves that network unused.
         partial = any(not s.reader.present[m].all() for m in s.cfg.modalities)
         train_model = DDP(model, device_ids=[s.device.index] if s.device.type == "cuda" else None, find_unused_parameters=partial)
     # Fused Adam on CUDA: one kernel for all parameters instead of several per tensor.
-    groups = [{"params": [p for p in ps if p.requires_grad], "name": name} for name, ps in model.parameter_groups().items()]
-    groups, fused = [g for g in groups if g["params"]], s.device.type == "cuda"
+    params, fused = [p for p in model.parameters() if p.requires_grad], s.device.type == "cuda"
     if s.cfg.weight_decay:
-        opt = torch.optim.AdamW(groups, lr=s.cfg.lr, weight_decay=s.cfg.weight_decay, fused=fused)
+        opt = torch.optim.AdamW(params, lr=s.cfg.lr, weight_decay=s.cfg.weight_decay, fused=fused)
     else:
-        opt = torch.optim.Adam(groups, lr=s.cfg.lr, fused=fused)
+        opt = torch.optim.Adam(params, lr=s.cfg.lr, fused=fused)
     return model, train_model, opt
 
 
 def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray, epoch: int, progress: bool = False):
-    """One pass over ``windows`` in the order seeded by (seed, stage, epoch): mean CE and L_corr,
-    and L_corr of the first step."""
-    rng = np.random.default_rng([s.cfg.seed, stage.index, epoch])
+    """One pass over ``windows`` in the order seeded by (seed, stage, epoch): mean CE, L_corr and
+    loss (CE + λ·L_corr with λ at each step), and L_corr of the first step."""
+    rng = np.random.default_rng([s.cfg.seed, stage.shuffle_key, epoch])
     torch.manual_seed(int(rng.integers(2**62)))
-    if s.cfg.windows_per_epoch:  # a new draw from each video's cached windows every epoch
+    if s.cfg.windows_per_epoch != "all":  # a new draw from each video's cached windows every epoch
         windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)
     order = windows[rng.permutation(len(windows))]
     bs, world = s.cfg.batch_size, s.dist.world
@@ -387,31 +492,33 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
         chunks.append((parts[s.dist.rank], tuple(len(p) for p in parts)))
     read = lambda chunk: replace(s.reader.read(chunk[0], s.labeled), rows_per_rank=chunk[1])  # noqa: E731
     train_model.train()
-    sums, first = torch.zeros(2, device=s.device), torch.zeros(2, device=s.device)
+    sums, first = torch.zeros(3, device=s.device), torch.zeros(3, device=s.device)
     bar = EpochBar(f"{stage.name} {epoch + 1}/{stage.epochs}", sum(sum(c[1]) for c in chunks), progress and s.dist.main)
     for step, batch in enumerate(device_batches(read, chunks, s.device, s.channels_last)):
-        lam = s.cfg.lam_at(epoch, step, len(chunks)) if stage.corr_stage else s.cfg.lam
+        lam = s.cfg.lam_at(epoch, step, len(chunks)) if stage.name == "stage2" else s.cfg.lam
         losses = train_step(s, stage, train_model, opt, batch, lam)
         sums += losses
         if step == 0:
             first = losses
         bar.update(sum(batch.rows_per_rank), sums)
     bar.close()
-    ce, corr = (all_sum(sums, s.dist) / max(len(chunks), 1)).tolist()
-    return ce, corr, all_sum(first, s.dist)[1].item()
+    ce, corr, loss = (all_sum(sums, s.dist) / max(len(chunks), 1)).tolist()
+    return ce, corr, loss, all_sum(first, s.dist)[1].item()
 
 
 def train_step(s: Session, stage: Stage, train_model, opt, batch, lam: float) -> torch.Tensor:
-    """One optimiser step; returns (CE share, L_corr / world) as a device tensor (no host sync)."""
+    """One optimiser step; returns (CE share, L_corr, CE share + λ·L_corr), each divided among the
+    processes (their sum is the global batch's), as a device tensor (no host sync)."""
     batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank)
     with torch.autocast(s.device.type, dtype=torch.bfloat16) if s.amp else contextlib.nullcontext():
         out = train_model(batch)
-        loss, ce, corr = joint_objective(out.logits, batch.labels, batch.labeled, out.f, out.g, out.h, stage.corr, lam,
-                                         s.cfg.labeled_fraction < 1.0, s.dist, batch.rows_per_rank, batch.presence)  # fmt: skip
+        loss, ce, corr = joint_objective(out, batch, stage.corr, lam, s.cfg.labeled_fraction < 1.0, s.dist,
+                                         standardize_h=s.cfg.feature_norm == "batch")  # fmt: skip
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return torch.stack([ce.detach().float(), corr.detach().float() / s.dist.world])
+    corr_share = corr.detach().float() / s.dist.world
+    return torch.stack([ce.detach().float(), corr_share, ce.detach().float() + lam * corr_share])
 
 
 class EpochBar:
@@ -432,7 +539,7 @@ class EpochBar:
         self.steps += 1
         self.bar.update(rows)
         if time.time() - self.shown > 1.0:
-            ce, corr = (sums / self.steps).tolist()
+            ce, corr, _ = (sums / self.steps).tolist()
             self.bar.set_postfix_str(f"ce {ce:.3f}" + (f" corr {corr:.3f}" if corr else ""))
             self.shown = time.time()
 
@@ -445,22 +552,33 @@ class EpochBar:
 
 
 def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print, progress: bool = False) -> dict:
-    """One run in ``cfg.out``, or ``runs`` seeds in ``cfg.out/seed<N>`` with a summary."""
+    """One run in ``cfg.out``, or ``runs`` seeds in ``cfg.out/seed<N>`` with a summary (no test
+    accuracy where the runs have no test set, ``--split all``)."""
     if runs <= 1:
         return train_run(cfg, resume, log, progress)
     seeds = [cfg.seed + i for i in range(runs)]
     results = [train_run(replace(cfg, seed=seed, out=str(Path(cfg.out) / f"seed{seed}")), resume, log, progress) for seed in seeds]
     if not all(results):  # a process other than rank 0 of a distributed run: nothing to report
         return {}
-    accs = np.array([r["video_accuracy"] for r in results])
-    summary = {"runs": runs, "seeds": seeds, "video_accuracy": [float(a) for a in accs],
-               "mean": float(accs.mean()), "std": float(accs.std(ddof=1))}  # fmt: skip
-    from .cache import atomic_write_text
-
+    accs = [r["video_accuracy"] for r in results]
+    tested = None not in accs
+    summary = {"runs": runs, "seeds": seeds, "video_accuracy": accs,
+               "mean": float(np.mean(accs)) if tested else None,
+               "std": float(np.std(accs, ddof=1)) if tested else None}  # fmt: skip
     atomic_write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def mean_std(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    return f"{100 * v.mean():.2f} ± {100 * (v.std(ddof=1) if len(v) > 1 else 0.0):.2f}" if len(v) else "n/a"
+def train_owned(cfg: TrainConfig, log=print, progress: bool = False) -> dict:
+    """``train_run(cfg, resume=True)`` for a run folder that belongs to the caller (the demo, the
+    built-in model's build, the benchmarks): one started under other settings, or from a stage 1
+    that has been trained again since, is removed and trained again (the old result never comes
+    back under new settings)."""
+    import shutil
+
+    try:
+        return train_run(cfg, resume=True, log=log, progress=progress)
+    except SettingsChanged as exc:
+        log(f"{cfg.out}: its settings changed ({', '.join(exc.changed)}): training it again")
+        shutil.rmtree(cfg.out)
+        return train_run(cfg, resume=False, log=log, progress=progress)

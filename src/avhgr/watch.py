@@ -198,9 +198,9 @@ def _predict_window(predictor: Predictor, start: float, audio: np.ndarray | None
     s = predictor.settings
     specs = log_mel(audio[None], s).astype(np.float16) if audio is not None else None  # as files and caches store them
     faces, found = None, np.zeros(1, bool)
-    if frame is not None:
+    if frame is not None and predictor.feature_stats is None:  # a model of facial features has no table for a live stream
         faces, found = predictor.cropper.crop_video([frame], np.array([start + s.window_seconds / 2]))
-    w = Windows(starts=np.array([start]), faces=faces, specs=specs, face=found,
+    w = Windows(starts=np.array([start]), visual=faces, specs=specs, face=found,
                 speech=has_speech(specs) if specs is not None else np.zeros(1, bool))  # fmt: skip
     levels = None
     if specs is not None:

@@ -1,0 +1,80 @@
+"""What the command line tells a user: mistakes in one line (exit 2), bugs as bugs (exit 1, the
+traceback kept), and no setting that silently does nothing."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import avhgr.train
+from avhgr.evaluate import evaluate_run
+from avhgr.runs import RunError
+from avhgr.train import TrainConfig, train
+
+CLI = [sys.executable, "-m", "avhgr"]
+TINY = dict(backbone="resnet18", batch_size=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def audio_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "audio"
+    train(TrainConfig(cache=str(tiny / "cache"), out=str(out), modalities=("audio",), epochs=1, **TINY), log=lambda *a: None)
+    return out
+
+
+def run(*args, timeout=300):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_evaluate_missing_without_rate_takes_the_modality_from_every_video_and_refuses_typos(audio_run):
+    res = run("evaluate", audio_run, "--missing", "audio", "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["videos_missing"] == out["videos"] == 6 and out["rate"] == 1.0
+    assert out["video_accuracy"] == 0.0  # an audio-only model without audio has nothing to go on
+    typo = run("evaluate", audio_run, "--missing", "adio", "--rate", "0")
+    assert typo.returncode == 2 and "--missing must be audio, visual or both" in typo.stderr and "Traceback" not in typo.stderr
+    alone = run("evaluate", audio_run, "--rate", "0.5")
+    assert alone.returncode == 2 and "--rate needs --missing" in alone.stderr
+
+
+def test_runs_without_a_test_set_say_so(tiny, tmp_path):
+    """--split all --runs 2 ended in a TypeError after training every run; evaluate printed "nan %"."""
+    res = run("train", "--cache", tiny / "cache", "--out", tmp_path / "all", "--split", "all", "--runs", "2", "--modalities", "audio",
+              "--epochs", "1", "--backbone", "resnet18", "--batch-size", "16", "--device", "cpu", timeout=600)  # fmt: skip
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "trained 2 runs on every video" in res.stdout
+    assert json.loads((tmp_path / "all" / "summary.json").read_text())["mean"] is None
+    with pytest.raises(RunError, match="no test videos to evaluate"):
+        evaluate_run(tmp_path / "all" / "seed0", device="cpu")
+
+
+def test_a_bug_in_train_is_reported_as_one_and_keeps_its_traceback(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from avhgr.cli import app
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal ValueError, not the user's mistake")
+
+    monkeypatch.setattr(avhgr.train, "train_run", bug)
+    out = tmp_path / "run"
+    out.mkdir()
+    res = CliRunner().invoke(app, ["train", "--cache", str(tiny / "cache"), "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 1 and "internal error, a bug in avhgr" in res.output
+    assert "an internal ValueError" in (out / "errors.log").read_text()  # the traceback, where the user will look
+    mistake = CliRunner().invoke(app, ["train", "--cache", str(tiny / "cache"), "--out", str(out), "--corr", "fgx"])
+    assert mistake.exit_code == 2 and "--corr must be fgh, fg or none" in mistake.output
+
+
+def test_folds_without_fold_is_refused(tiny, tmp_path):
+    res = run("train", "--cache", tiny / "cache", "--out", tmp_path / "r", "--split", "actor", "--folds", "3")
+    assert res.returncode == 2 and "--folds needs --fold" in res.stderr
+
+
+def test_one_precision_rule_everywhere():
+    from avhgr.distributed import fast_amp
+
+    assert TrainConfig(cache="c", out="o", device="cpu").amp == fast_amp("cpu")  # train, demo and the build alike
+    assert TrainConfig(cache="c", out="o", device="cpu", amp=False).amp is False
