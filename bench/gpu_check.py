@@ -9,8 +9,8 @@ out of time, or fails, is recorded as such and the others go on):
 
   cache       a real cache of the clips in ``--data`` (RAVDESS audio-visual clips, copied to make
               up ``--videos`` files; generated clips where none are carried), made by
-              `avhgr preprocess` with MTCNN on the device: videos/s with all cores, start-up
-              included, and in steady state
+              `avhgr preprocess` with MTCNN on the device: videos/s with all cores, worker
+              start-up included
   step        the training step in the paper's shape (two ResNet-50s, 224 px faces, 94 x 94
               spectrograms, bf16 autocast and channels-last), batch 90 and 256: (a) a plain PyTorch
               reference step, (b) our step on batches on the device, (c) our loop reading the cache;

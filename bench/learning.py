@@ -48,11 +48,9 @@ QUIET = lambda *a, **k: None  # noqa: E731
 
 
 def demo_cache(out: Path, per_class: int) -> Path:
-    from avhgr.demo import DEMO_CORPUS, DEMO_FEATURES, build_corpus
+    from avhgr.demo import DEMO_CORPUS, corpus_and_cache
 
-    manifest = build_corpus(out / "corpus", replace(DEMO_CORPUS, per_class=per_class))
-    videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
-    run_preprocess(videos, classes, out / "cache", DEMO_FEATURES, manifest, "csv", workers=default_workers(), progress=False)
+    corpus_and_cache(out, replace(DEMO_CORPUS, per_class=per_class), progress=False)  # another corpus: its runs go too
     return out / "cache"
 
 

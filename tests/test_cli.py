@@ -71,10 +71,3 @@ def test_a_bug_in_train_is_reported_as_one_and_keeps_its_traceback(tiny, tmp_pat
 def test_folds_without_fold_is_refused(tiny, tmp_path):
     res = run("train", "--cache", tiny / "cache", "--out", tmp_path / "r", "--split", "actor", "--folds", "3")
     assert res.returncode == 2 and "--folds needs --fold" in res.stderr
-
-
-def test_one_precision_rule_everywhere():
-    from avhgr.distributed import fast_amp
-
-    assert TrainConfig(cache="c", out="o", device="cpu").amp == fast_amp("cpu")  # train, demo and the build alike
-    assert TrainConfig(cache="c", out="o", device="cpu", amp=False).amp is False

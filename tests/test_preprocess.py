@@ -258,7 +258,7 @@ def test_a_failed_file_fixed_since_is_processed_by_retry_failed(corpus, tmp_path
     same_cache(tmp_path / "c", tmp_path / "fresh")  # as if it had never failed
 
 
-def test_a_file_that_failed_by_a_bug_is_tried_again_by_default(corpus, tmp_path, monkeypatch):
+def test_a_file_that_failed_by_a_bug_is_tried_again_by_default_once_the_code_changed(corpus, tmp_path, monkeypatch):
     import avhgr.preprocess as preprocess
 
     videos, classes = select_emotions(index_dataset("folder", corpus), "happiness,sadness")
@@ -273,7 +273,14 @@ def test_a_file_that_failed_by_a_bug_is_tried_again_by_default(corpus, tmp_path,
     monkeypatch.setattr(preprocess, "process_file", buggy)
     first = run_preprocess(videos, classes, tmp_path / "c", SMALL, corpus, "folder", progress=False)
     assert first["videos_failed"] == 1 and first["failed"][0]["reason"].startswith("internal error")
-    monkeypatch.setattr(preprocess, "process_file", real)  # the bug is fixed
+    monkeypatch.setattr(preprocess, "process_file", real)
+    marked = (tmp_path / "c" / "COMPLETE").stat().st_mtime_ns
+    same_code = run_preprocess(videos, classes, tmp_path / "c", SMALL, corpus, "folder", progress=False)
+    assert same_code["videos_failed"] == 1  # the code that failed has not changed: the cache is not reopened for it
+    assert (tmp_path / "c" / "COMPLETE").stat().st_mtime_ns == marked
+    import avhgr.cache
+
+    monkeypatch.setattr(avhgr.cache, "code_identity", lambda: "0.1.0+fixed")  # avhgr changed: the bug may be fixed
     again = run_preprocess(videos, classes, tmp_path / "c", SMALL, corpus, "folder", progress=False)
     assert again["videos_failed"] == 0 and again["videos_ok"] == 2
     run_preprocess(videos, classes, tmp_path / "fresh", SMALL, corpus, "folder", progress=False)
@@ -331,8 +338,40 @@ def test_shard_settings_are_checked(tmp_path):
 
     assert parse_shard("2/3") == (2, 3) and parse_shard(None) is None
     assert parse_shard("auto", {"RANK": "1", "WORLD_SIZE": "4"}) == (1, 4)
+    slurm = {"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "2", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "5"}
+    assert parse_shard("auto", slurm) == (2, 5)  # --array=2-10:2: the third of five tasks
     for bad in ("3/3", "a/b", "1"):
         with pytest.raises(CacheError, match="--shard"):
             parse_shard(bad)
     with pytest.raises(CacheError, match="no SLURM job array"):
         parse_shard("auto", {})
+
+
+def test_a_reopened_cache_killed_while_consolidating_resumes_to_the_fresh_cache(corpus, tmp_path, monkeypatch):
+    """Reopened to retry a file, then killed after the new arrays replaced the old ones but before
+    the new tables: the rerun must not pair the old tables with the new arrays."""
+    import avhgr.cache
+
+    data = tmp_path / "data" / "happiness"
+    data.mkdir(parents=True)
+    good = (corpus / "happiness" / "face av.mp4").read_bytes()
+    for i in range(4):
+        (data / f"clip{i}.mp4").write_bytes(good if i != 1 else b"broken")
+    videos, classes = select_emotions(index_dataset("folder", tmp_path / "data"), "happiness")
+    run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False)
+    (data / "clip1.mp4").write_bytes(good)
+    real = avhgr.cache.write_csv
+
+    def killed(path, *args):
+        if path.name == "windows.csv":
+            raise KeyboardInterrupt("killed")
+        real(path, *args)
+
+    monkeypatch.setattr(avhgr.cache, "write_csv", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False, retry_failed=True)
+    monkeypatch.setattr(avhgr.cache, "write_csv", real)
+    run_preprocess(videos, classes, tmp_path / "c", SMALL, tmp_path / "data", "folder", progress=False, retry_failed=True)
+    run_preprocess(videos, classes, tmp_path / "fresh", SMALL, tmp_path / "data", "folder", progress=False)
+    same_cache(tmp_path / "c", tmp_path / "fresh")
+    assert not list((tmp_path / "c").glob("previous.*"))

@@ -73,11 +73,14 @@ def test_a_per_recording_table_gives_every_window_the_row_and_makes_audio_files_
 
 def test_rows_match_by_the_end_of_the_path_in_predict(speech):
     root, table = speech
-    features = open_table(table)
+    features = open_table(table, match="end")
     wanted = features.row(Path("/elsewhere/data") / "Actor_02" / "sadness" / "take1.wav")
     np.testing.assert_allclose(wanted, [2.5, 0.2, 1.0], rtol=1e-6)
     assert features.row(Path("/x/Actor_03/sadness/take1.wav")) is None  # another actor's folder: not that row
     assert features.row(Path("take11.wav")) is None
+    exact = open_table(table)  # preprocess: the path under --root, exactly
+    assert exact.row(root / "Actor_02/sadness/take1.wav", "Actor_02/sadness/take1.wav") is not None
+    assert exact.row(root / "x" / "Actor_02/sadness/take1.wav", "x/Actor_02/sadness/take1.wav") is None
 
 
 def write_openface(path: Path, times, success, values):

@@ -27,9 +27,13 @@ holding ``consolidating.lock``.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import json
 import os
+import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +45,16 @@ from .errors import UserError
 from .features import FeatureSettings
 
 CACHE_VERSION = 1
+_UNIQUE = f"{socket.gethostname()}.{secrets.token_hex(4)}."
 # The last one is derived from the others by data.spectrogram_facts.
 _CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "visual_features.npy", "spectrograms.npy",
                 "report.json", "COMPLETE", "spectrogram_facts.npz", "consolidating.lock")  # fmt: skip
 LOCK = "consolidating.lock"
+# A finished cache reopened to retry files keeps its consolidated tables and arrays under these
+# names until the next consolidation is complete (a kill in between must not pair old tables with
+# new arrays).
+PREVIOUS = ("videos.csv", "windows.csv", "faces.npy", "visual_features.npy", "spectrograms.npy")
+_CACHE_FILES += tuple(f"previous.{name}" for name in PREVIOUS)
 WINDOW_FIELDS = (
     "video", "window", "start", "key_time", "label", "label_idx", "subject",
     "face_found", "has_audio", "has_video", "face_row", "spec_row",
@@ -59,7 +69,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name, fsync, rename: readers see the old file or the new one,
     never a part. On failure (disk full, no permission) the old file stays and the
     temporary one is removed."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{_UNIQUE}{os.getpid()}")  # host and a random part too: shards share disks, not PIDs
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -149,14 +159,32 @@ def write_part(out: Path, vid: int, result: dict) -> None:
     fail_path.unlink(missing_ok=True)  # an earlier failure of this file, retried
 
 
-def write_failure(out: Path, vid: int, path: str, reason: str) -> None:
+def write_failure(out: Path, vid: int, path: str, reason: str, code: str | None = None) -> None:
+    """A file's failure; ``code`` (``code_identity``) for a failure that was a bug of avhgr's."""
     _, fail_path = part_paths(out, vid)
-    atomic_write_text(fail_path, json.dumps({"path": path, "reason": reason}))
+    atomic_write_text(fail_path, json.dumps({"path": path, "reason": reason, **({"code": code} if code else {})}))
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> str:
+    """avhgr's version and a digest of its sources: a bug's failure is retried once the code changed."""
+    from . import __version__
+
+    digest = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(source.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 def is_bug(failure: dict) -> bool:
-    """A failure that was avhgr's own (an internal error), not the file's: retried by default."""
+    """A failure that was avhgr's own (an internal error), not the file's."""
     return failure["reason"].startswith("internal error")
+
+
+def retry_by_default(failure: dict) -> bool:
+    """A bug's failure is tried again by default, once avhgr's code is not the code that failed
+    (a persistent bug would otherwise reopen a finished cache on every run)."""
+    return is_bug(failure) and failure.get("code") != code_identity()
 
 
 def has_result(out: Path, vid: int, consolidated: "Consolidated | None" = None) -> bool:
@@ -173,7 +201,7 @@ def is_done(out: Path, vid: int, consolidated: "Consolidated | None" = None, ret
     if not has_result(out, vid, consolidated):
         return False
     if fail_path.exists() and not part_paths(out, vid)[0].exists():
-        return not (retry_failed or is_bug(json.loads(fail_path.read_text())))
+        return not (retry_failed or retry_by_default(json.loads(fail_path.read_text())))
     return True
 
 
@@ -192,17 +220,22 @@ class Consolidated:
     def __init__(self, out: Path):
         self.out = out
         self.ok: set[int] = set()
-        if not all((out / name).exists() for name in ("videos.csv", "windows.csv", "spectrograms.npy")):
+        if not all(self.file(name).exists() for name in ("videos.csv", "windows.csv", "spectrograms.npy")):
             return
         settings = json.loads((out / "settings.json").read_text())
         self.visual_file = visual_layout(settings)[0]
-        with (out / "videos.csv").open(newline="", encoding="utf-8") as fh:
+        with self.file("videos.csv").open(newline="", encoding="utf-8") as fh:
             self.videos = {int(r["id"]): r for r in csv.DictReader(fh)}
-        with (out / "windows.csv").open(newline="", encoding="utf-8") as fh:
+        with self.file("windows.csv").open(newline="", encoding="utf-8") as fh:
             self.windows: dict[int, list[dict]] = {}
             for r in csv.DictReader(fh):
                 self.windows.setdefault(int(r["video"]), []).append(r)
         self.ok = set(self.videos)
+
+    def file(self, name: str) -> Path:
+        """The consolidated file ``name``: its copy kept by ``reopen`` where there is one."""
+        kept = self.out / f"previous.{name}"
+        return kept if kept.exists() else self.out / name
 
     def part(self, vid: int) -> dict:
         """Video ``vid`` as its part file held it (the float columns as the tables round them)."""
@@ -211,11 +244,11 @@ class Consolidated:
         part = {"starts": np.array([float(r["start"]) for r in rows]), "key_times": np.array([float(r["key_time"]) for r in rows]),
                 "meta": {"duration": float(video["duration"]), "has_audio": has_a, "has_video": has_v, "rel_path": video["path"]}}  # fmt: skip
         if has_v:
-            visual = np.load(self.out / self.visual_file, mmap_mode="r")
+            visual = np.load(self.file(self.visual_file), mmap_mode="r")
             part["visual"] = np.asarray(visual[[int(r["face_row"]) for r in rows]])
             part["face_found"] = np.array([r["face_found"] == "1" for r in rows])
         if has_a:
-            specs = np.load(self.out / "spectrograms.npy", mmap_mode="r")
+            specs = np.load(self.file("spectrograms.npy"), mmap_mode="r")
             part["specs"] = np.asarray(specs[[int(r["spec_row"]) for r in rows]])
         return part
 
@@ -229,8 +262,11 @@ def reopen(out: Path, videos: list[Video], failed: list[dict], retry: list[dict]
     again = {f["path"] for f in retry}
     for failure in failed:
         if failure["path"] not in again and failure["path"] in ids:
-            write_failure(out, ids[failure["path"]], failure["path"], failure["reason"])
+            write_failure(out, ids[failure["path"]], failure["path"], failure["reason"], failure.get("code"))
     (out / "COMPLETE").unlink(missing_ok=True)
+    for name in PREVIOUS:  # the consolidation's files, kept apart until the next one is complete
+        if (out / name).exists():
+            os.replace(out / name, out / f"previous.{name}")
 
 
 def consolidate(out: Path, videos: list[Video], classes: list[str], settings: dict, elapsed: float) -> dict:
@@ -309,6 +345,8 @@ def consolidate(out: Path, videos: list[Video], classes: list[str], settings: di
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     atomic_write_text(out / "COMPLETE", "ok\n")
     shutil.rmtree(out / "parts", ignore_errors=True)
+    for name in PREVIOUS:
+        (out / f"previous.{name}").unlink(missing_ok=True)
     return report
 
 
@@ -425,6 +463,14 @@ class Cache:
             visual=np.load(root / visual_layout(settings)[0], mmap_mode="r"),
             spectrograms=np.load(root / "spectrograms.npy", mmap_mode="r"),
         )
+
+    def digest(self) -> str:
+        """sha256 of the cache's tables and settings: two copies of one cache agree, a cache of other
+        videos or windows does not (the arrays are not read: a copy is what each node should have)."""
+        h = hashlib.sha256()
+        for name in ("settings.json", "videos.csv", "windows.csv"):
+            h.update((self.root / name).read_bytes())
+        return h.hexdigest()
 
     @property
     def visual_features(self) -> dict | None:

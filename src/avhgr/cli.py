@@ -22,7 +22,7 @@ def errors_reported(command: str, folder: Path | None = None):
     """A user error (a file, folder or setting that cannot be used: ``errors.UserError``) is one
     line and exit 2; anything else is a bug: one line saying so, its traceback kept in
     ``folder``/errors.log (or the temporary folder's avhgr-<command>-errors.log), exit 1."""
-    from .errors import UserError, log_bug
+    from .errors import UserError
 
     try:
         yield
@@ -31,10 +31,18 @@ def errors_reported(command: str, folder: Path | None = None):
     except UserError as exc:
         fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug: not the user's fault, and its traceback is what a report needs
-        import tempfile
+        fail(bug_line(command, exc, folder), code=1)
 
-        log = folder / "errors.log" if folder is not None and folder.is_dir() else Path(tempfile.gettempdir()) / f"avhgr-{command}-errors.log"
-        fail(log_bug(log, f"avhgr {command}", exc), code=1)
+
+def bug_line(command: str, exc: Exception, folder: Path | None = None, what: str | Path | None = None) -> str:
+    """The one line for a bug, its traceback appended to ``folder``/errors.log (or the temporary
+    folder's avhgr-<command>-errors.log)."""
+    import tempfile
+
+    from .errors import log_bug
+
+    log = folder / "errors.log" if folder is not None and folder.is_dir() else Path(tempfile.gettempdir()) / f"avhgr-{command}-errors.log"
+    return log_bug(log, what or f"avhgr {command}", exc)
 
 
 @app.command()
@@ -246,11 +254,7 @@ def predict(
             failed += 1
             continue
         except Exception as exc:  # noqa: BLE001 - a bug, not the file's fault: one line, the traceback kept, the next file
-            import tempfile
-
-            from .errors import log_bug
-
-            typer.secho(f"error: {path}: {log_bug(Path(tempfile.gettempdir()) / 'avhgr-predict-errors.log', path, exc)}", fg="red", err=True)
+            typer.secho(f"error: {path}: {bug_line('predict', exc, what=path)}", fg="red", err=True)
             failed += 1
             continue
         silent += result["emotion"] is None

@@ -150,6 +150,6 @@ def evaluate_run(run: str | Path, cache: str | Path | None = None, missing: str 
     reader = WindowReader(data, tuple(card["audio_stats"]), tuple(card["modalities"]), card.get("level", "absolute"), card.get("evidence", False),
                           card.get("visual_input", {}).get("stats"))  # fmt: skip
     drop = missing_assignment(test, missing, rate, seed)
-    result = evaluate_videos(model, reader, data, test, dev, drop=drop, amp=dev.type == "cuda")
+    result = evaluate_videos(model, reader, data, test, dev, drop=drop, amp=bool(config.get("amp", dev.type == "cuda")))  # as the run's own test
     result.update(missing=missing, rate=(1.0 if rate is None else rate) if missing else 0.0, videos_missing=len(drop))
     return result

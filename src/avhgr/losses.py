@@ -104,8 +104,9 @@ def _rows(*masks: Tensor | None) -> Tensor | None:
 
 def standardize(x: Tensor, weight: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """``x`` (n, k) standardised per dimension over the rows ``weight`` marks (all rows: None), as
-    BatchNorm without affine parameters does, then divided by √k: unit total variance, so every
-    Soft-HGR term of two such features lies in [-1.5, 1]. Unmarked rows come out 0."""
+    BatchNorm without affine parameters does, then divided by √k: unit total variance, so a
+    Soft-HGR term of two such features over these same rows lies in [-1.5, 1] (times n/(n-1), as
+    soft_hgr divides by n - 1); over a subset of them it is not bounded so. Unmarked rows come out 0."""
     with _no_autocast(x.device.type):
         x = x.float()
         w = torch.ones_like(x[:, :1]) if weight is None else weight.to(device=x.device, dtype=torch.float32)[:, None]

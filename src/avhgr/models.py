@@ -188,7 +188,9 @@ class AVHGRModel(nn.Module):
     - ``none``: the networks' 512 outputs (the paper).
     - ``batch``: those outputs standardised per dimension (BatchNorm without affine parameters,
       over the rows that have the modality) and divided by √512, so each feature has unit total
-      variance: every Soft-HGR term is then between -1.5 and 1 whatever stage 1 did to the scale.
+      variance: a Soft-HGR term of two such features over the rows they were standardised on is
+      then within [-1.5, 1] (times n/(n-1)) whatever stage 1 did to the scale; over fewer rows (a
+      term uses the rows that have both inputs) it is not bounded so, only kept near that scale.
     - ``rescale``: the outputs times a fixed α per modality, set at the start of stage 2
       (``calibrate``) to give unit total variance on the training windows; the fusion's first
       layer is divided by α, so the model computes the same function as with ``none``.

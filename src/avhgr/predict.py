@@ -79,7 +79,7 @@ class Predictor:
             else:
                 from .visual_features import open_table
 
-                self.features = open_table(visual_features)
+                self.features = open_table(visual_features, match="end")  # a file anywhere whose path ends in a row's file
                 if self.features.columns != visual_input["columns"]:
                     raise RunError(f"{visual_features}: its feature columns ({', '.join(self.features.columns[:4])} ...) are not the "
                                    f"model's ({', '.join(visual_input['columns'][:4])} ...)")  # fmt: skip

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import (CacheError, Consolidated, ConsolidationLock, consolidate, has_result, is_bug, is_done, prepare_cache_dir, reopen,
-                    write_failure, write_part)  # fmt: skip
+from .cache import (CacheError, Consolidated, ConsolidationLock, code_identity, consolidate, has_result, is_done, prepare_cache_dir, reopen,
+                    retry_by_default, write_failure, write_part)  # fmt: skip
 from .datasets import Video
 from .decode import MediaError, probe, read_audio_windows, read_frames_at
 from .errors import log_bug
@@ -177,6 +177,8 @@ def _work(out: str, vid: int, path: str, rel_path: str) -> tuple[int, str | None
         reason = exc.reason
     except Exception as exc:  # noqa: BLE001 - any other failure of one file must not stop the run
         reason = _report_bug(Path(out), path, exc)
+        write_failure(Path(out), vid, path, reason, code=code_identity())  # tried again once avhgr's code changed
+        return vid, reason
     write_failure(Path(out), vid, path, reason)
     return vid, reason
 
@@ -192,13 +194,15 @@ def _report_bug(out: Path, path: str, exc: Exception) -> str:
 
 def parse_shard(text: str | None, environ=os.environ) -> tuple[int, int] | None:
     """``--shard K/N`` (0 <= K < N): this process's share of the videos, or ``auto``: K and N from
-    the scheduler that started it, a SLURM job array (SLURM_ARRAY_TASK_ID minus
-    SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT) or torchrun (RANK of WORLD_SIZE)."""
+    the scheduler that started it, a SLURM job array ((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) /
+    SLURM_ARRAY_TASK_STEP, of SLURM_ARRAY_TASK_COUNT; an array with gaps such as 1,5,7 is not one
+    share each) or torchrun (RANK of WORLD_SIZE)."""
     if text is None:
         return None
     if text == "auto":
         if "SLURM_ARRAY_TASK_ID" in environ and "SLURM_ARRAY_TASK_COUNT" in environ:
-            k = int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            step = int(environ.get("SLURM_ARRAY_TASK_STEP", "1"))  # --array=0-10:2 numbers its tasks 0, 2, ... 10
+            k = (int(environ["SLURM_ARRAY_TASK_ID"]) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))) // step
             n = int(environ["SLURM_ARRAY_TASK_COUNT"])
         elif "RANK" in environ and "WORLD_SIZE" in environ:
             k, n = int(environ["RANK"]), int(environ["WORLD_SIZE"])
@@ -258,10 +262,17 @@ def run_preprocess(
         (out / ERRORS_LOG).unlink(missing_ok=True)
     if prepare_cache_dir(out, cache_settings, videos, overwrite):
         report = json.loads((out / "report.json").read_text())
-        retry = [f for f in report["failed"] if retry_failed or is_bug(f)]
-        if not retry:
+        if not [f for f in report["failed"] if retry_failed or retry_by_default(f)]:
             return report
-        reopen(out, videos, report["failed"], retry)
+        lock = ConsolidationLock(out)  # reopening is the consolidator's business: one process at a time
+        if not lock.acquire(steal=True):
+            raise CacheError(f"{out}: another process ({lock.holder()}) is consolidating this cache; rerun when it has finished")
+        try:
+            if (out / "COMPLETE").exists():  # not reopened by another process in the meantime
+                report = json.loads((out / "report.json").read_text())
+                reopen(out, videos, report["failed"], [f for f in report["failed"] if retry_failed or retry_by_default(f)])
+        finally:
+            lock.release()
     consolidated = Consolidated(out)  # a reopened cache keeps its other videos in its arrays
     base = root if root.is_dir() else root.parent
     rel = [_relative(v.path, base) for v in videos]
@@ -299,7 +310,7 @@ def run_preprocess(
     if left:
         return {"complete": False, "shard": shard, "videos_requested": len(videos), "videos_left": left}
     lock = ConsolidationLock(out)
-    if not lock.acquire(steal=shard is None):
+    if not lock.acquire(steal=True):  # a holder on this machine that has died (a killed shard) is replaced
         if shard is not None:
             return {"complete": False, "shard": shard, "videos_requested": len(videos), "videos_left": 0, "consolidating": lock.holder()}
         raise CacheError(f"{out}: another process ({lock.holder()}) is consolidating this cache; rerun when it has finished "

@@ -55,9 +55,20 @@ class SettingsChanged(RunError):
 # --------------------------------------------------------------------------- weights and states
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    """safetensors (no code runs on load), written atomically."""
-    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
+def save_weights(module: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors (no code runs on load), written atomically; ``metadata``: strings kept in its header."""
+    atomic_write_bytes(path, safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, metadata=metadata))
+
+
+def weights_metadata(path: Path) -> dict[str, str]:
+    """The header strings ``save_weights`` kept (e.g. a best checkpoint's epoch and accuracy)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001
+        raise RunError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -194,9 +205,9 @@ class RunFolder:
         """The stage's resume state (weights, optimiser, metric history), after its latest epoch."""
         return self.file(f"{stage}.last.pt")
 
-    def save_best(self, stage: str, model: torch.nn.Module) -> None:
+    def save_best(self, stage: str, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
         if self.writer:
-            save_weights(model, self.best(stage))
+            save_weights(model, self.best(stage), metadata)
 
     def save_final(self, stage: str, model: torch.nn.Module) -> None:
         if self.writer:

@@ -9,6 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def sample_std(values) -> float:
+    """The sample standard deviation (ddof 1); 0 for a single value."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 def mean_std(values, decimals: int = 2, scale: float = 100.0) -> str:
     """"m ± s" of ``values`` × ``scale`` (sample standard deviation); one value: just it."""
     v = scale * np.asarray([x for x in values], dtype=float)
@@ -26,10 +32,10 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
 
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)
-    mean = float(d.mean()) if n else float("nan")
+    mean = float(d.mean()) + 0.0 if n else float("nan")  # + 0.0: no "-0.0"
     sd = float(d.std(ddof=1)) if n > 1 else float("nan")
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-    return {"n": n, "mean": mean, "std": sd, "low": mean - half, "high": mean + half,
+    return {"n": n, "mean": mean, "std": sd, "low": mean - half + 0.0, "high": mean + half + 0.0,
             "above": int((d > 0).sum()), "equal": int((d == 0).sum()), "below": int((d < 0).sum())}  # fmt: skip
 
 

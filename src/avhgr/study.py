@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_write_text, write_csv
-from .stats import mean_std
+from .stats import mean_std, sample_std
 from .train import TrainConfig, train
 
 PAPER_LAYERS = (1, 2, 4)
@@ -131,7 +131,7 @@ def stability(opt: StudyOptions, log=print) -> dict:
             cells.append(mean_std(vals))
             line.append(float(np.mean(vals)))
             csv_rows.append({"method": name, "fusion_layers": layers if per_layer else "", "runs": len(vals),
-                             "mean": round(float(np.mean(vals)), 6), "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 6),
+                             "mean": round(float(np.mean(vals)), 6), "std": round(sample_std(vals), 6),
                              **{f"seed{s}": round(v, 6) for s, v in zip(opt.seeds, vals)}})  # fmt: skip
         table.append((name, cells))
         grid.append(line)
@@ -177,7 +177,7 @@ def missing(opt: StudyOptions, log=print) -> dict:
                     run = Path(jobs[[k for k, _ in jobs].index(f"{method}/{seed}")][1].out)
                     vals.append(evaluate_run(run, missing=scenario, rate=rate, seed=seed, device=opt.device)["video_accuracy"])
                 rows.append({"method": method, "scenario": scenario, "rate": rate, "runs": len(vals), "mean": round(float(np.mean(vals)), 6),
-                             "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 6)})  # fmt: skip
+                             "std": round(sample_std(vals), 6)})  # fmt: skip
     out = Path(opt.out)
     _write_csv(out / "missing.csv", rows)
     from .plots import missing_png
@@ -218,7 +218,7 @@ def semi(opt: StudyOptions, log=print) -> dict:
             vals = [results[f"{frac:g}/{method}/{s}"]["video_accuracy"] for s in opt.seeds]
             cells.append(mean_std(vals))
             rows.append({"method": method, "labeled_fraction": frac, "runs": len(vals), "mean": round(float(np.mean(vals)), 6),
-                         "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 6)})  # fmt: skip
+                         "std": round(sample_std(vals), 6)})  # fmt: skip
         table.append((method, cells))
     out = Path(opt.out)
     _write_csv(out / "semi.csv", rows)

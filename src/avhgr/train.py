@@ -44,8 +44,9 @@ from .errors import UserError
 from .evaluate import evaluate_videos, metrics, window_probabilities
 from .losses import joint_objective
 from .models import BACKBONES, FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
+from .stats import sample_std
 from .runs import (RunError, RunFolder, SettingsChanged, apply_weights, link_or_copy, load_state, read_weights, split_document,
-                   weights_digest)  # fmt: skip
+                   weights_digest, weights_metadata)  # fmt: skip
 
 __all__ = ["RunError", "SettingsChanged", "TrainConfig", "train", "train_owned", "train_run"]
 
@@ -194,6 +195,12 @@ class Session:
         if self.device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
             torch.backends.cudnn.benchmark = True
         self.cache = Cache.open(cfg.cache)
+        if self.dist.enabled:  # every node reads its own copy of the cache: it must be the same cache
+            mine = self.cache.digest()
+            differs = torch.tensor([float(broadcast(mine, self.dist) != mine)], device=self.device)
+            if all_sum(differs, self.dist).item():  # every rank stops, none waits for the others
+                raise RunError(f"{cfg.cache}: the caches of the processes are not one cache (other videos or windows); "
+                               "copy rank 0's cache to every node")  # fmt: skip
         self.classes = self.cache.classes
         labels = self.cache.video_labels()
         try:
@@ -246,6 +253,9 @@ def on_main(dist: DistInfo, read):
             result = read()
         except UserError as exc:
             error = exc
+        except BaseException as exc:  # a bug: the others must not wait for rank 0 forever
+            broadcast((None, RuntimeError(f"rank 0 failed: {type(exc).__name__}: {exc}")), dist)
+            raise
     result, error = broadcast((result, error), dist)
     if error is not None:
         raise error
@@ -399,7 +409,12 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = {k: saved.get(k, v) for k, v in state.items()}
-        best_weights = on_main(s.dist, lambda: read_weights(run.best(stage.name)) if run.best(stage.name).exists() else None)
+        best = run.best(stage.name)
+        best_weights, kept = on_main(s.dist, lambda: (read_weights(best), weights_metadata(best)) if best.exists() else (None, {}))
+        if kept.get("epoch") and int(kept["epoch"]) != state["best_epoch"]:
+            # Killed after an epoch's best weights, before its state: that epoch is done again, and the
+            # weights on disk are labelled with their own epoch and accuracy (on a GPU the redo may differ).
+            state["best_epoch"], state["best_acc"], state["best_window_acc"] = int(kept["epoch"]), float(kept["video_accuracy"]), float(kept["window_accuracy"])
         if state["epoch"] < stage.epochs:
             log(f"{stage.name}: resuming after epoch {state['epoch']}")
     windows = s.reader.windows(stage.videos, model.modalities)
@@ -419,7 +434,8 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
         if keeps(stage, val, state):
             state["best_acc"], state["best_window_acc"], state["best_epoch"] = val["video_accuracy"], val["window_accuracy"], epoch + 1
             best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            run.save_best(stage.name, model)
+            run.save_best(stage.name, model, {"epoch": str(epoch + 1), "video_accuracy": repr(val["video_accuracy"]),
+                                              "window_accuracy": repr(val["window_accuracy"])})  # fmt: skip
         run.save_state(stage.name, {"model": model.state_dict(), "optimizer": opt.state_dict(), **state})
         run.write_metrics(stage.name, state["history"])
         run.add_scalars(row)
@@ -564,7 +580,7 @@ def train(cfg: TrainConfig, runs: int = 1, resume: bool = False, log=print, prog
     tested = None not in accs
     summary = {"runs": runs, "seeds": seeds, "video_accuracy": accs,
                "mean": float(np.mean(accs)) if tested else None,
-               "std": float(np.std(accs, ddof=1)) if tested else None}  # fmt: skip
+               "std": sample_std(accs) if tested else None}  # fmt: skip
     atomic_write_text(Path(cfg.out) / "summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -580,5 +596,8 @@ def train_owned(cfg: TrainConfig, log=print, progress: bool = False) -> dict:
         return train_run(cfg, resume=True, log=log, progress=progress)
     except SettingsChanged as exc:
         log(f"{cfg.out}: its settings changed ({', '.join(exc.changed)}): training it again")
-        shutil.rmtree(cfg.out)
+        if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 has (or owns) the folder
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
         return train_run(cfg, resume=False, log=log, progress=progress)

@@ -2,8 +2,8 @@
 
 Two forms (``open_table``):
 
-- a CSV with one row per recording: a column ``file`` naming the recording (in `preprocess`, by
-  its path relative to ``--root``; in `predict`, a file whose path ends in it) and numeric
+- a CSV with one row per recording: a column ``file`` naming the recording (in `preprocess`, its
+  path relative to ``--root``, exactly; in `predict`, a file whose path ends in it) and numeric
   feature columns (any other column, a video name say, is left out). Every window of the
   recording gets the row.
 - a folder of OpenFace per-frame CSVs (``FeatureExtraction`` output: ``frame``, ``timestamp``,
@@ -35,8 +35,9 @@ class FeatureTableError(UserError):
 class FeatureTable:
     """Per-recording (``kind`` "recordings") or per-frame OpenFace (``kind`` "openface") facial features."""
 
-    def __init__(self, source: Path, kind: str, columns: list[str], digest: str):
+    def __init__(self, source: Path, kind: str, columns: list[str], digest: str, match: str = "relative"):
         self.source, self.kind, self.columns, self.digest = Path(source), kind, columns, digest
+        self.match = match  # "relative": a row's file is the recording's path under the dataset's root; "end": the path ends in it
         self._rows: dict[str, np.ndarray] = {}  # recordings: the row of each `file`, as a relative posix path
         self._by_name: dict[str, list[str]] = {}  # recordings: file name -> the `file` values ending in it
         self._frames: dict[str, Path] = {}  # openface: video stem -> its CSV
@@ -69,10 +70,11 @@ class FeatureTable:
         return feats, found
 
     def row(self, path: str | Path, key: str | None = None) -> np.ndarray | None:
-        """The row of a recording: by ``key`` (the path relative to the dataset's root) where the
-        table names it so, else the row whose ``file`` the path ends in."""
-        if key is not None and PurePosixPath(key).as_posix() in self._rows:
-            return self._rows[PurePosixPath(key).as_posix()]
+        """The row of a recording: with ``match`` "relative", the row whose ``file`` is ``key`` (the
+        path relative to the dataset's root), exactly (a bare name in the table must not match
+        every file of that name); with "end", the row whose ``file`` the path ends in."""
+        if self.match == "relative":
+            return self._rows.get(PurePosixPath(key).as_posix()) if key is not None else None
         parts = Path(path).parts
         for name in self._by_name.get(Path(path).name, []):
             tail = PurePosixPath(name).parts
@@ -81,14 +83,19 @@ class FeatureTable:
         return None
 
 
-def open_table(source: str | Path) -> FeatureTable:
-    """A per-recording CSV file, or a folder of OpenFace per-frame CSVs (see the module's text)."""
+def open_table(source: str | Path, match: str = "relative") -> FeatureTable:
+    """A per-recording CSV file, or a folder of OpenFace per-frame CSVs (see the module's text).
+    ``match``: how a per-recording table's ``file`` finds its recording, "relative" (preprocess)
+    or "end" (predict)."""
     source = Path(source)
     if source.is_dir():
-        return _openface_folder(source)
-    if not source.is_file():
+        table = _openface_folder(source)
+    elif not source.is_file():
         raise FeatureTableError(f"{source}: no such feature table (a CSV file, or a folder of OpenFace CSVs)")
-    return _recordings_csv(source)
+    else:
+        table = _recordings_csv(source)
+    table.match = match
+    return table
 
 
 def _recordings_csv(path: Path) -> FeatureTable:

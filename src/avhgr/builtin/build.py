@@ -216,10 +216,6 @@ def main() -> None:
         return
     if not args.data.is_dir():
         sys.exit(f"error: {args.data}: not a folder (RAVDESS speech, Actor_01 ... Actor_NN)")
-    if args.amp is None:  # bf16 on CUDA, and on CPUs that compute it natively (as make demo)
-        from ..distributed import fast_amp
-
-        args.amp = fast_amp(args.device)
     cv = build(args.data, args.work, args.out, args.amp, args.device)
     print(f"{args.out}: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} % over {FOLDS} folds; model card {args.out / 'MODEL_CARD.md'}")
 
