@@ -188,7 +188,7 @@ def ravdess_au_part(args) -> None:
     grid = [(f"{m} λ={lam:g}", dict(corr=m, lam=lam)) for m in ("fg", "fgh") for lam in args.au_lams if lam != 1.0]
     results: dict[str, list[dict]] = {name: [] for name, _ in models + grid}
     pairs = [(fold, seed) for seed in range(args.seeds) for fold in args.folds]
-    for fold, seed in pairs:
+    for done, (fold, seed) in enumerate(pairs, 1):
         base = args.out / "ravdess_au_runs" / precision / f"seed{seed}_fold{fold}" / "baseline"
         for name, kw in models + grid:
             folder = base if name == "baseline" else base.parent / name.split(" (")[0].replace(" ", "_").replace("=", "")
@@ -197,10 +197,17 @@ def ravdess_au_part(args) -> None:
             results[name].append(outcome(report, folder) | {"val": report["stages"].get("stage2", {}).get("best_val_video_accuracy")})
         print(f"fold {fold} seed {seed}: " + "  ".join(f"{n} {100 * results[n][-1]['video_accuracy']:.1f}" for n, _ in models)
               + f"  [{(time.time() - t0) / 60:.1f} min]", flush=True)  # fmt: skip
-    lines = [f"RAVDESS speech + facial action units, actors 1-12, six classes, actor-disjoint (6-fold leave-two-actors-out, folds "
-             f"{args.folds} x seeds 0-{args.seeds - 1}), {args.backbone} on spectrograms, an MLP on the 35 action units, stage 1 "
-             f"{args.ravdess_epochs} epochs, stage 2 {args.joint_epochs} after a one-epoch fusion warm-up, {precision}, "
-             f"{(time.time() - t0) / 60:.0f} min", ""]  # fmt: skip
+        # After every pair, so that a run cut short still leaves the table of the pairs it finished.
+        write_au_tables(args, results, models, grid, pairs[:done], precision, time.time() - t0, final=done == len(pairs))
+
+
+def write_au_tables(args, results, models, grid, pairs, precision: str, seconds: float, final: bool) -> None:
+    described = ", ".join(f"fold {f} seed {s}" for f, s in pairs)
+    lines = [f"RAVDESS speech + facial action units, actors 1-12, six classes, actor-disjoint (6-fold leave-two-actors-out; "
+             f"{len(pairs)} fold x seed pairs: {described}), {args.backbone} on spectrograms, an MLP on the 35 action units, "
+             f"{args.windows} windows cached per recording, stage 1 {args.ravdess_epochs} epochs, stage 2 {args.joint_epochs} after a "
+             f"one-epoch fusion warm-up, settings {dict(args.set)}, {precision}, {seconds / 60:.0f} min"
+             + ("" if final else " (cut short: the pairs so far)"), ""]  # fmt: skip
     lines += accuracy_table({n: results[n] for n, _ in models})
     lines += ["", "Paired differences over the fold x seed pairs (in each the same stage 1, warm-up and batches):", ""]
     lines += difference_table(results, "baseline", ["fg", "fgh", "audio only"])
@@ -209,16 +216,16 @@ def ravdess_au_part(args) -> None:
         lines += accuracy_table({n: results[n] for n, _ in grid}) + [""]
         lines += difference_table(results, "baseline", [n for n, _ in grid])
         lam_of = {"fg": 1.0, "fgh": 1.0, **{n: kw["lam"] for n, kw in grid}}
-        chosen = []
+        chosen = {}
         for method in ("fg", "fgh"):  # λ chosen per pair by validation, never by test
             names = [method] + [n for n, kw in grid if kw["corr"] == method]
             picks = [max(names, key=lambda n: (results[n][i]["val"], -abs(np.log10(lam_of[n])))) for i in range(len(pairs))]
-            results[f"{method}, λ by validation"] = [results[n][i] for i, n in enumerate(picks)]
-            chosen.append(f"{method}, λ by validation")
+            chosen[f"{method}, λ by validation"] = [results[n][i] for i, n in enumerate(picks)]
         lines += ["", "λ chosen per fold and seed by stage 2's validation accuracy (ties: the λ nearest 1):", ""]
-        lines += difference_table(results, "baseline", chosen)
+        lines += difference_table(results | chosen, "baseline", list(chosen))
     text = "\n".join(lines) + "\n"
-    print(text, flush=True)
+    if final:
+        print(text, flush=True)
     (args.out / f"learning_ravdess_au_{precision}.md").write_text(text)
     (args.out / f"learning_ravdess_au_{precision}.json").write_text(json.dumps(results, indent=1))
 

@@ -158,3 +158,30 @@ def test_speech_detection_on_the_spectrogram():
     voiced = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 8)) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
     windows = np.stack([0.3 * voiced, np.zeros_like(t), 0.3 * rng.normal(size=t.size), 0.001 * voiced]).astype(np.float32)
     assert has_speech(log_mel(windows, s)).tolist() == [True, False, False, False]  # voice; silence; hiss; a far whisper of it
+
+
+def test_modality_dropout_takes_one_input_from_a_share_of_the_rows_that_have_both():
+    from avhgr.augment import drop_modalities
+
+    rows = torch.ones(2000, 3, dtype=torch.bool)
+    rows[:100, 0] = False  # no face: nothing to take
+    out = drop_modalities(rows, 0.3, np.random.default_rng(0))
+    both = rows[:, 0] & rows[:, 1]
+    lost = both & ~(out[:, 0] & out[:, 1])
+    assert 0.27 < lost.float().sum() / both.sum() < 0.33
+    assert (out[:, 0] | out[:, 1]).all() and torch.equal(out[:100], rows[:100]) and torch.equal(out[:, 2], rows[:, 2])
+    assert 0.4 < (~out[lost, 0]).float().mean() < 0.6  # the face or the voice, even odds
+    # Two processes holding halves of the batch draw what one process holding all of it draws.
+    halves = [drop_modalities(rows[:1000], 0.3, np.random.default_rng(0), 0, 2000), drop_modalities(rows[1000:], 0.3, np.random.default_rng(0), 1000, 2000)]
+    assert torch.equal(torch.cat(halves), out)
+
+
+def test_feature_noise_leaves_absent_rows_zero():
+    from avhgr.augment import jitter_features
+
+    torch.manual_seed(0)
+    x = torch.randn(4000, 35)
+    x[:10] = 0
+    out = jitter_features(x, 0.5)
+    assert (out[:10] == 0).all()
+    assert (out[10:] - x[10:]).std().item() == pytest.approx(0.5, rel=0.03)

@@ -12,6 +12,14 @@ uses its own rows' share, so the result does not depend on the number of process
   et al. 2019).
 - Faces: a random horizontal flip and a light crop (scale 0.85-1, shifted at random) resized
   back to the input size, in one affine resampling per batch.
+- Facial features (``--visual-features``, standardised): Gaussian noise of deviation
+  ``feature_noise`` on every present row. A table gives every window of a recording the same
+  vector, so without it the visual network sees a few hundred distinct inputs and learns them by
+  heart (RAVDESS action units: training CE 0.02 while validation stays put).
+
+``drop_modalities`` (the recipe's ``modality_dropout``) works on the host masks instead, in the
+batch reader: a share of the training windows that have both inputs lose one of them, as a
+missing modality does at test time, so the fusion cannot lean on one network alone.
 """
 
 from __future__ import annotations
@@ -28,12 +36,39 @@ MAX_SHIFT = 4  # Mel bins
 MIN_SCALE = 0.85
 
 
-def augment(batch: Batch, spectrograms: bool = True, faces: bool = True, rank: int = 0) -> Batch:
+def augment(batch: Batch, spectrograms: bool = True, faces: bool = True, rank: int = 0, feature_noise: float = 0.0) -> Batch:
     rows = _global_rows(batch, rank)
     audio = mask_spectrograms(batch.audio, rows=rows) if spectrograms and batch.audio is not None else batch.audio
-    # Face crops only: facial features (2-D, ``--visual-features``) are not images.
-    visual = crop_and_flip(batch.visual, rows=rows) if faces and batch.visual is not None and batch.visual.dim() == 4 else batch.visual
+    visual = batch.visual
+    if faces and visual is not None and visual.dim() == 4:
+        visual = crop_and_flip(visual, rows=rows)
+    elif feature_noise and visual is not None:  # facial features are not images: noise instead
+        visual = jitter_features(visual, feature_noise, rows=rows)
     return replace(batch, audio=audio, visual=visual)
+
+
+def jitter_features(x: torch.Tensor, sigma: float, rows=None) -> torch.Tensor:
+    """``x`` (n, D) standardised features plus Gaussian noise of deviation ``sigma`` (zero rows,
+    absent windows, stay zero)."""
+    noise = _draw(x.shape[0], rows, lambda m: torch.randn(m, x.shape[1], device=x.device))
+    present = (x != 0).any(dim=1, keepdim=True)
+    return x + sigma * noise * present
+
+
+def drop_modalities(rows: torch.Tensor, share: float, rng, offset: int = 0, total: int | None = None) -> torch.Tensor:
+    """Host masks (n, 3) with, for a ``share`` of the rows that have both inputs, one of them
+    (visual or audio, even odds) taken away. ``rng`` (numpy) draws for the global batch of
+    ``total`` rows, of which these are rows ``offset`` .. offset + n, so the draw does not depend
+    on the number of processes."""
+    n = rows.shape[0]
+    total = n if total is None else total
+    u = rng.random((total, 2))[offset : offset + n]
+    both = (rows[:, 0] & rows[:, 1]).numpy()
+    hit = both & (u[:, 0] < share)
+    out = rows.clone()
+    out[torch.from_numpy(hit & (u[:, 1] < 0.5)), 0] = False
+    out[torch.from_numpy(hit & (u[:, 1] >= 0.5)), 1] = False
+    return out
 
 
 def _global_rows(batch: Batch, rank: int) -> tuple[int, int] | None:

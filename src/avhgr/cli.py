@@ -155,6 +155,8 @@ def train(
     face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
     level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
+    feature_noise: Optional[float] = typer.Option(None, help="Facial features (--visual-features caches): deviation of the noise added in training."),
+    modality_dropout: Optional[float] = typer.Option(None, help="Stage 2: share of training windows that lose one of their two inputs."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .stats import mean_std
@@ -171,7 +173,7 @@ def train(
             split=split, fold=fold, folds=folds or 6, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
             keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, fusion_warmup=fusion_warmup, stage2_lr=stage2_lr,
             weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
-            face_augment=face_augment, level=level, evidence=evidence,
+            face_augment=face_augment, level=level, evidence=evidence, feature_noise=feature_noise, modality_dropout=modality_dropout,
         )  # fmt: skip
         result = run_training(cfg, runs, resume, progress=True)
     if not result:  # not rank 0 of a torchrun job

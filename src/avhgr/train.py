@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import augment
+from .augment import augment, drop_modalities
 from .cache import Cache, atomic_write_text
 from .data import LEVELS, WindowReader, device_batches, draw_windows, labeled_subset, split_videos
 from .distributed import DistInfo, GlobalBatchNorm, all_sum, barrier, broadcast, fast_amp, resolve_device, setup
@@ -89,6 +89,8 @@ class TrainConfig:
     face_augment: bool | None = None  # random flips and light crops of training faces
     level: str | None = None  # absolute | recording | window: spectrogram level (data.WindowReader)
     evidence: bool | None = None  # a window without a found face has no visual input, one without speech no audio
+    feature_noise: float | None = None  # facial features: noise deviation in training (augment.jitter_features)
+    modality_dropout: float | None = None  # stage 2: share of training windows that lose one input (augment.drop_modalities)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -106,7 +108,9 @@ class TrainConfig:
             raise RunError(f"--level must be {', '.join(LEVELS)}; got {self.level}")
         if self.backbone not in BACKBONES:
             raise RunError(f"--backbone must be one of {', '.join(BACKBONES)}; got {self.backbone}")
-        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "batch_size"):
+        if not 0 <= self.modality_dropout < 1:
+            raise RunError(f"--modality-dropout must be in [0, 1); got {self.modality_dropout}")
+        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "batch_size", "feature_noise"):
             if getattr(self, key) < 0:
                 raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
@@ -152,15 +156,17 @@ class TrainConfig:
 
 RECIPES = {
     "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, weight_decay=0.0, schedule="constant",
-                  windows_per_epoch="all", spec_augment=False, face_augment=False, level="absolute", evidence=False),
+                  windows_per_epoch="all", spec_augment=False, face_augment=False, level="absolute", evidence=False,
+                  feature_noise=0.0, modality_dropout=0.0),
     "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, weight_decay=0.05, schedule="cosine",
-                  windows_per_epoch="all", spec_augment=True, face_augment=True, level="window", evidence=True),
+                  windows_per_epoch="all", spec_augment=True, face_augment=True, level="window", evidence=True,
+                  feature_noise=0.0, modality_dropout=0.0),
 }  # fmt: skip
 
 # What a stage-1 network depends on besides the cache and the split: a run may start from another
 # run's stage 1 (``init_from``) only where these agree (``stage1_epochs`` too).
 STAGE1_SETTINGS = ("seed", "split", "fold", "folds", "labeled_fraction", "backbone", "pretrained", "batch_size", "lr",
-                   "weight_decay", "schedule", "windows_per_epoch", "spec_augment", "face_augment", "level", "evidence")  # fmt: skip
+                   "weight_decay", "schedule", "windows_per_epoch", "spec_augment", "face_augment", "level", "evidence", "feature_noise")  # fmt: skip
 
 
 @dataclass
@@ -505,8 +511,17 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
         if len(rows) < max(2, 2 * world):  # Soft-HGR and BatchNorm need two rows
             continue
         parts = np.array_split(rows, world)
-        chunks.append((parts[s.dist.rank], tuple(len(p) for p in parts)))
-    read = lambda chunk: replace(s.reader.read(chunk[0], s.labeled), rows_per_rank=chunk[1])  # noqa: E731
+        chunks.append((parts[s.dist.rank], tuple(len(p) for p in parts), len(chunks)))
+    drop = s.cfg.modality_dropout if stage.joint else 0.0
+
+    def read(chunk):
+        rows, sizes, step = chunk
+        batch = replace(s.reader.read(rows, s.labeled), rows_per_rank=sizes)
+        if drop:  # seeded by (seed, stage, epoch, step): the same in every process and every reader thread
+            batch.rows = drop_modalities(batch.rows, drop, np.random.default_rng([s.cfg.seed, stage.shuffle_key, epoch, step]),
+                                         sum(sizes[: s.dist.rank]), sum(sizes))  # fmt: skip
+        return batch
+
     train_model.train()
     sums, first = torch.zeros(3, device=s.device), torch.zeros(3, device=s.device)
     bar = EpochBar(f"{stage.name} {epoch + 1}/{stage.epochs}", sum(sum(c[1]) for c in chunks), progress and s.dist.main)
@@ -525,7 +540,8 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
 def train_step(s: Session, stage: Stage, train_model, opt, batch, lam: float) -> torch.Tensor:
     """One optimiser step; returns (CE share, L_corr, CE share + λ·L_corr), each divided among the
     processes (their sum is the global batch's), as a device tensor (no host sync)."""
-    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank)
+    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank,
+                    feature_noise=s.cfg.feature_noise if s.cfg.face_augment else 0.0)  # fmt: skip
     with torch.autocast(s.device.type, dtype=torch.bfloat16) if s.amp else contextlib.nullcontext():
         out = train_model(batch)
         loss, ce, corr = joint_objective(out, batch, stage.corr, lam, s.cfg.labeled_fraction < 1.0, s.dist,
