@@ -45,7 +45,7 @@ def model_run(folder: Path, backbone: str, face_size: int) -> Path:
     save_weights(AVHGRModel(6, backbone, 2, feature_norm="batch").eval(), folder / "model.safetensors")
     card = {"classes": classes, "modalities": ["audio", "visual"], "backbone": backbone, "fusion_layers": 2, "feature_norm": "batch",
             "audio_stats": [-40.0, 20.0], "level": "recording", "evidence": True,
-            "features": FeatureSettings(face_size=face_size).as_dict()}  # fmt: skip
+            "features": FeatureSettings(windows=30, face_size=face_size).as_dict()}  # 30: as the README's figures were measured  # fmt: skip
     (folder / "model.json").write_text(json.dumps(card))
     return folder
 

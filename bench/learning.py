@@ -198,25 +198,27 @@ def ravdess_au_part(args) -> None:
         print(f"fold {fold} seed {seed}: " + "  ".join(f"{n} {100 * results[n][-1]['video_accuracy']:.1f}" for n, _ in models)
               + f"  [{(time.time() - t0) / 60:.1f} min]", flush=True)  # fmt: skip
         # After every pair, so that a run cut short still leaves the table of the pairs it finished.
-        write_au_tables(args, results, models, grid, pairs[:done], precision, time.time() - t0, final=done == len(pairs))
+        write_au_tables(args, results, models, grid, pairs[:done], precision, time.time() - t0, final=done == len(pairs),
+                        recipe=TrainConfig(out="", fold=0, **common))  # fmt: skip
 
 
-def write_au_tables(args, results, models, grid, pairs, precision: str, seconds: float, final: bool) -> None:
+def write_au_tables(args, results, models, grid, pairs, precision: str, seconds: float, final: bool, recipe: TrainConfig) -> None:
     described = ", ".join(f"fold {f} seed {s}" for f, s in pairs)
     lines = [f"RAVDESS speech + facial action units, actors 1-12, six classes, actor-disjoint (6-fold leave-two-actors-out; "
              f"{len(pairs)} fold x seed pairs: {described}), {args.backbone} on spectrograms, an MLP on the 35 action units, "
-             f"{args.windows} windows cached per recording, stage 1 {args.ravdess_epochs} epochs, stage 2 {args.joint_epochs} after a "
-             f"one-epoch fusion warm-up, settings {dict(args.set)}, {precision}, {seconds / 60:.0f} min"
+             f"{args.windows} windows cached per recording, {recipe.windows_per_epoch} per epoch, batch {recipe.batch_size}, "
+             f"feature noise {recipe.feature_noise}, stage 1 {args.ravdess_epochs} epochs, stage 2 {args.joint_epochs} after a "
+             f"one-epoch fusion warm-up, recipe {recipe.recipe} with {dict(args.set) or 'no changes'}, {precision}, {seconds / 60:.0f} min"
              + ("" if final else " (cut short: the pairs so far)"), ""]  # fmt: skip
     lines += accuracy_table({n: results[n] for n, _ in models})
     lines += ["", "Paired differences over the fold x seed pairs (in each the same stage 1, warm-up and batches):", ""]
     lines += difference_table(results, "baseline", ["fg", "fgh", "audio only"])
+    chosen: dict[str, list[dict]] = {}  # λ picked per pair by validation
     if grid:
         lines += ["", f"λ for fg and fgh (the paper's values {', '.join(f'{x:g}' for x in args.au_lams)}), against the baseline:", ""]
         lines += accuracy_table({n: results[n] for n, _ in grid}) + [""]
         lines += difference_table(results, "baseline", [n for n, _ in grid])
         lam_of = {"fg": 1.0, "fgh": 1.0, **{n: kw["lam"] for n, kw in grid}}
-        chosen = {}
         for method in ("fg", "fgh"):  # λ chosen per pair by validation, never by test
             names = [method] + [n for n, kw in grid if kw["corr"] == method]
             picks = [max(names, key=lambda n: (results[n][i]["val"], -abs(np.log10(lam_of[n])))) for i in range(len(pairs))]
@@ -227,7 +229,7 @@ def write_au_tables(args, results, models, grid, pairs, precision: str, seconds:
     if final:
         print(text, flush=True)
     (args.out / f"learning_ravdess_au_{precision}.md").write_text(text)
-    (args.out / f"learning_ravdess_au_{precision}.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"learning_ravdess_au_{precision}.json").write_text(json.dumps({"pairs": pairs, **results, **chosen}, indent=1))
 
 
 def _setting(text: str) -> tuple[str, object]:

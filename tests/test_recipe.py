@@ -185,3 +185,41 @@ def test_feature_noise_leaves_absent_rows_zero():
     out = jitter_features(x, 0.5)
     assert (out[:10] == 0).all()
     assert (out[10:] - x[10:]).std().item() == pytest.approx(0.5, rel=0.03)
+
+
+def test_the_recipes_batch_and_window_draw():
+    ours, paper = TrainConfig(cache="c", out="o"), TrainConfig(cache="c", out="o", recipe="paper")
+    assert (ours.batch_size, ours.windows_per_epoch, paper.batch_size, paper.windows_per_epoch) == (64, 20, 90, "all")
+    assert TrainConfig(cache="c", out="o", batch_size=32).batch_size == 32
+    with pytest.raises(RunError, match="--batch-size must be at least 2"):
+        TrainConfig(cache="c", out="o", batch_size=1)
+
+
+def test_a_draw_of_at_least_every_cached_window_trains_as_all(tiny, tmp_path):
+    """The tiny cache has 4 windows per video: drawing 20 of them keeps them all, and must not
+    reshuffle (the demo's 6-window cache trains under the default draw exactly as with "all")."""
+    from avhgr.runs import weights_digest
+    from avhgr.train import train
+
+    kw = dict(cache=str(tiny / "cache"), modalities=("audio",), epochs=1, pretrain_epochs=1, backbone="resnet18", batch_size=16,
+              device="cpu", amp=False)  # fmt: skip
+    digest = {}
+    for k in ("all", 20, 3):
+        train(TrainConfig(out=str(tmp_path / str(k)), windows_per_epoch=k, **kw), log=lambda *a: None)
+        digest[k] = weights_digest(tmp_path / str(k) / "model.safetensors")
+    assert digest[20] == digest["all"]
+    assert digest[3] != digest["all"]  # a real draw: other windows, another model
+
+
+def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
+    import json
+
+    from avhgr.runs import RunFolder
+
+    settings = {"train": TrainConfig(cache="c", out="o").to_json(), "cache_settings": {"windows": 4}}
+    old = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in ("feature_noise", "modality_dropout")}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    RunFolder(tmp_path).check(settings, resume=True)  # the old run had no noise and no dropout: the same run
+    noisy = {**settings, "train": {**settings["train"], "feature_noise": 0.5}}
+    with pytest.raises(RunError):
+        RunFolder(tmp_path).check(noisy, resume=True)

@@ -42,7 +42,7 @@ def augment(batch: Batch, spectrograms: bool = True, faces: bool = True, rank: i
     visual = batch.visual
     if faces and visual is not None and visual.dim() == 4:
         visual = crop_and_flip(visual, rows=rows)
-    elif feature_noise and visual is not None:  # facial features are not images: noise instead
+    elif feature_noise and visual is not None and visual.dim() == 2:  # facial features are not images: noise instead
         visual = jitter_features(visual, feature_noise, rows=rows)
     return replace(batch, audio=audio, visual=visual)
 

@@ -50,7 +50,7 @@ def preprocess(
     dataset: str = typer.Option(..., help="ravdess | enterface | baum1s | cremad | csv | folder"),
     root: Path = typer.Option(..., help="The dataset folder as distributed (for csv: the manifest file)."),
     out: Path = typer.Option(..., help="Cache folder to write (resumable)."),
-    windows: int = typer.Option(30, help="Windows per video."),
+    windows: Optional[int] = typer.Option(None, help="Windows per video, the pool training draws from each epoch (default 60)."),
     window_seconds: float = typer.Option(0.5, help="Window length in seconds."),
     face_size: int = typer.Option(224, help="Side of the square face crop, pixels."),
     face_margin: float = typer.Option(0.0, help="Extra border around the detected face, as a fraction of its side."),
@@ -79,7 +79,7 @@ def preprocess(
         if not videos:
             fail(f"{root}: no videos of the classes {', '.join(classes)}")
         settings = FeatureSettings(
-            windows=windows, window_seconds=window_seconds, face_size=face_size, face_margin=face_margin,
+            windows=FeatureSettings().windows if windows is None else windows, window_seconds=window_seconds, face_size=face_size, face_margin=face_margin,
             detect_size=detect_size, min_face=min_face, seed=seed,
         )  # fmt: skip
         report = run_preprocess(
@@ -127,7 +127,7 @@ def train(
     fusion_layers: int = typer.Option(2, help="Hidden layers of the fusion network: 1, 2 or 4."),
     epochs: int = typer.Option(100, help="Epochs of the joint stage (and of stage 1 unless --pretrain-epochs)."),
     pretrain_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone)."),
-    batch_size: int = typer.Option(90),
+    batch_size: Optional[int] = typer.Option(None, help="Windows per optimiser step (default: the recipe's, 64; the paper's 90)."),
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
@@ -150,13 +150,13 @@ def train(
     stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
     schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
-    windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch."),
+    windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch (default: the recipe's, 20; the paper's all)."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
     face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
     level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
     feature_noise: Optional[float] = typer.Option(None, help="Facial features (--visual-features caches): deviation of the noise added in training."),
-    modality_dropout: Optional[float] = typer.Option(None, help="Stage 2: share of training windows that lose one of their two inputs."),
+    modality_dropout: Optional[float] = typer.Option(None, help="Stage 2 and its fusion warm-up: share of training windows that lose one of their two inputs."),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .stats import mean_std
@@ -223,7 +223,7 @@ def predict(
     timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
     hop: Optional[float] = typer.Option(None, help="Windows every HOP seconds over the whole file (a regular timeline; default: random windows as in training)."),
     plot: Optional[Path] = typer.Option(None, help="PNG: each class's probability over time, face thumbnails, missing face/speech shaded (FILE_<name>.png for several files)."),
-    windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had, 30 for preprocess' default, 60 for the built-in model)."),
+    windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had: 60 for preprocess' default and the built-in model)."),
     visual_features: Optional[Path] = typer.Option(None, help="For a model trained on facial features: the table (a CSV with a row per "
                                                    "recording, column 'file' ending each file's path, or a folder of OpenFace CSVs)."),
     device: str = typer.Option("auto"),

@@ -34,6 +34,13 @@ METRIC_FIELDS = ["stage", "epoch", "loss", "ce", "corr", "val_video_acc", "val_w
 # Settings that may differ between the start of a run and its resume (where it runs, and whether
 # its optimiser states are kept: neither changes what it computes).
 RESUME_FREE = ("device", "keep_states")
+# Settings added after runs were made, with what those runs did: an older config.json without
+# them reads as having them, so it still resumes and still starts other runs.
+LEGACY = {"feature_noise": 0.0, "modality_dropout": 0.0}
+
+
+def with_legacy(train_settings: dict) -> dict:
+    return {**LEGACY, **train_settings}
 
 
 class RunError(UserError, RuntimeError):
@@ -174,8 +181,9 @@ class RunFolder:
         if not resume:
             raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
         old = self.config()
-        changed = sorted(k for k in set(old["train"]) | set(settings["train"])
-                         if k not in RESUME_FREE and old["train"].get(k) != settings["train"].get(k))  # fmt: skip
+        was = with_legacy(old["train"])
+        changed = sorted(k for k in set(was) | set(settings["train"])
+                         if k not in RESUME_FREE and was.get(k) != settings["train"].get(k))  # fmt: skip
         changed += [k for k in ("cache_settings", "init_weights") if old.get(k) != settings.get(k)]
         if changed:
             raise SettingsChanged(self.path, changed)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .cache import atomic_write_text, write_csv
 from .stats import mean_std, sample_std
-from .train import TrainConfig, train
+from .train import RECIPES, TrainConfig, train
 
 PAPER_LAYERS = (1, 2, 4)
 PAPER_LAMS = (0.01, 0.1, 1.0, 10.0)
@@ -40,7 +40,7 @@ class StudyOptions:
     seed: int = 0
     epochs: int = 100
     pretrain_epochs: int | None = None
-    batch_size: int = 90
+    batch_size: int | None = None  # the recipe's
     lr: float = 1e-3
     backbone: str = "resnet50"
     pretrained: str = "none"
@@ -231,7 +231,7 @@ def semi(opt: StudyOptions, log=print) -> dict:
 
 def _settings_line(opt: StudyOptions) -> str:
     return (f"Settings: cache `{Path(opt.cache).name}`, recipe {opt.recipe}, {opt.backbone}, {opt.epochs} epochs "
-            f"(stage 1: {opt.pretrain_epochs if opt.pretrain_epochs is not None else opt.epochs}), batch {opt.batch_size}, "
+            f"(stage 1: {opt.pretrain_epochs if opt.pretrain_epochs is not None else opt.epochs}), batch {RECIPES[opt.recipe]['batch_size'] if opt.batch_size is None else opt.batch_size}, "
             f"lr {opt.lr:g}, {opt.split} split, seeds {opt.seeds}")  # fmt: skip
 
 

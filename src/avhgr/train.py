@@ -46,7 +46,7 @@ from .losses import joint_objective
 from .models import BACKBONES, FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
 from .stats import sample_std
 from .runs import (RunError, RunFolder, SettingsChanged, apply_weights, link_or_copy, load_state, read_weights, split_document,
-                   weights_digest, weights_metadata)  # fmt: skip
+                   weights_digest, weights_metadata, with_legacy)  # fmt: skip
 
 __all__ = ["RunError", "SettingsChanged", "TrainConfig", "train", "train_owned", "train_run"]
 
@@ -60,7 +60,7 @@ class TrainConfig:
     fusion_layers: int = 2
     epochs: int = 100  # stage 2's joint epochs (after its fusion warm-up), and stage 1's unless pretrain_epochs
     pretrain_epochs: int | None = None  # stage 1; None: same as epochs
-    batch_size: int = 90
+    batch_size: int | None = None  # the recipe's: the paper's 90, avhgr's 64 (README, "Training recipe")
     lr: float = 1e-3
     seed: int = 0
     backbone: str = "resnet50"
@@ -90,7 +90,7 @@ class TrainConfig:
     level: str | None = None  # absolute | recording | window: spectrogram level (data.WindowReader)
     evidence: bool | None = None  # a window without a found face has no visual input, one without speech no audio
     feature_noise: float | None = None  # facial features: noise deviation in training (augment.jitter_features)
-    modality_dropout: float | None = None  # stage 2: share of training windows that lose one input (augment.drop_modalities)
+    modality_dropout: float | None = None  # stage 2 and its warm-up: share of training windows that lose one input (augment.drop_modalities)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -110,7 +110,9 @@ class TrainConfig:
             raise RunError(f"--backbone must be one of {', '.join(BACKBONES)}; got {self.backbone}")
         if not 0 <= self.modality_dropout < 1:
             raise RunError(f"--modality-dropout must be in [0, 1); got {self.modality_dropout}")
-        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "batch_size", "feature_noise"):
+        if self.batch_size < 2:
+            raise RunError(f"--batch-size must be at least 2 (Soft-HGR and BatchNorm need two rows); got {self.batch_size}")
+        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "feature_noise"):
             if getattr(self, key) < 0:
                 raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
         if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
@@ -157,10 +159,10 @@ class TrainConfig:
 RECIPES = {
     "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, weight_decay=0.0, schedule="constant",
                   windows_per_epoch="all", spec_augment=False, face_augment=False, level="absolute", evidence=False,
-                  feature_noise=0.0, modality_dropout=0.0),
+                  feature_noise=0.0, modality_dropout=0.0, batch_size=90),
     "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, weight_decay=0.05, schedule="cosine",
-                  windows_per_epoch="all", spec_augment=True, face_augment=True, level="window", evidence=True,
-                  feature_noise=0.0, modality_dropout=0.0),
+                  windows_per_epoch=20, spec_augment=True, face_augment=True, level="window", evidence=True,
+                  feature_noise=0.0, modality_dropout=0.0, batch_size=64),
 }  # fmt: skip
 
 # What a stage-1 network depends on besides the cache and the split: a run may start from another
@@ -217,6 +219,7 @@ class Session:
             raise RunError(f"{cfg.cache}: too few videos for a {cfg.split} split ({ {k: len(v) for k, v in self.split.items()} })")
         self.labeled = labeled_subset(self.split["train"], labels, cfg.labeled_fraction, cfg.seed)
         self.reader = WindowReader(self.cache, modalities=cfg.modalities, level=cfg.level, evidence=cfg.evidence)
+        self.most_windows = int(np.bincount(self.cache.windows["video"]).max(initial=0))  # cached windows of the fullest video
         self.audio_stats = self.reader.fit_audio_stats(self.reader.windows(self.split["train"]), seed=cfg.seed)
         self.visual_stats = self.reader.fit_visual_stats(self.reader.windows(self.split["train"]))
         table = self.cache.visual_features  # facial features instead of face crops: their columns
@@ -387,6 +390,7 @@ def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolde
     theirs, ours = config["train"], cfg.to_json()
     if theirs.get("init_from"):
         raise RunError(f"{where}: that run did not train its stage 1 itself (it started from {theirs['init_from']}); start from that one")
+    theirs = with_legacy(theirs)
     differ = [k for k in STAGE1_SETTINGS if theirs.get(k) != ours.get(k)]
     if (theirs.get("pretrain_epochs") if theirs.get("pretrain_epochs") is not None else theirs.get("epochs")) != cfg.stage1_epochs:
         differ.append("number of stage-1 epochs")
@@ -500,8 +504,8 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
     loss (CE + λ·L_corr with λ at each step), and L_corr of the first step."""
     rng = np.random.default_rng([s.cfg.seed, stage.shuffle_key, epoch])
     torch.manual_seed(int(rng.integers(2**62)))
-    if s.cfg.windows_per_epoch != "all":  # a new draw from each video's cached windows every epoch
-        windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)
+    if s.cfg.windows_per_epoch != "all" and s.cfg.windows_per_epoch < s.most_windows:  # a new draw from each video's cached ones
+        windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)  # (a draw that keeps them all would only reshuffle)
     order = windows[rng.permutation(len(windows))]
     bs, world = s.cfg.batch_size, s.dist.world
     # Each process's rows of every batch, and every process's number of rows (they may differ).
@@ -540,8 +544,7 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
 def train_step(s: Session, stage: Stage, train_model, opt, batch, lam: float) -> torch.Tensor:
     """One optimiser step; returns (CE share, L_corr, CE share + λ·L_corr), each divided among the
     processes (their sum is the global batch's), as a device tensor (no host sync)."""
-    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank,
-                    feature_noise=s.cfg.feature_noise if s.cfg.face_augment else 0.0)  # fmt: skip
+    batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank, feature_noise=s.cfg.feature_noise)
     with torch.autocast(s.device.type, dtype=torch.bfloat16) if s.amp else contextlib.nullcontext():
         out = train_model(batch)
         loss, ce, corr = joint_objective(out, batch, stage.corr, lam, s.cfg.labeled_fraction < 1.0, s.dist,
