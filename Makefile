@@ -25,7 +25,8 @@ bench: setup
 	$(PY) bench/preprocess_throughput.py
 
 # The built-in speech model, its cross-validation and model card, from RAVDESS speech (114 min on
-# this project's 2-core CPU with bf16; bf16 is used on CUDA and on CPUs that compute it natively).
+# this project's 2-core CPU with bf16 when it drew 10 windows per file and epoch; the default draw
+# of 20 was not timed for the whole build (an epoch: 33.5 s, README); bf16 is used on CUDA and on CPUs that compute it natively).
 model: setup
 	$(PY) -m avhgr.builtin.build --data ../shared/data/ravdess_speech
 

@@ -74,17 +74,26 @@ def test_missing_quick(tiny):
     assert {(r["method"], r["scenario"]) for r in rows} == {(m, s) for m in ("baseline", "fg", "fgh") for s in ("audio", "visual", "both")}
     # At rate 0 every scenario is the run's own test; at rate 1 every test video misses the modality.
     runs = tiny / "study_missing" / "runs"
-    for m, cell in (("baseline", "base"), ("fg", "fg_lam1_L2"), ("fgh", "fgh_lam1_L2")):
+    for m, cell in (("baseline", "base"), ("fg", "missing_fg_lam1_L2"), ("fgh", "missing_fgh_lam1_L2")):
         at_zero = [r["mean"] for r in rows if r["method"] == m and r["rate"] == 0.0]
         assert at_zero == pytest.approx([report(runs, cell)["video_accuracy"]] * 3, abs=1e-6)
     from avhgr.evaluate import evaluate_run
 
-    gone = evaluate_run(runs / "fgh_lam1_L2" / "seed0", missing="visual", rate=1.0, device="cpu")
+    gone = evaluate_run(runs / "missing_fgh_lam1_L2" / "seed0", missing="visual", rate=1.0, device="cpu")
     assert gone["videos_missing"] == 6
     assert next(r["mean"] for r in rows if (r["method"], r["scenario"], r["rate"]) == ("fgh", "visual", 1.0)) == pytest.approx(gone["video_accuracy"], abs=1e-6)
     assert (tiny / "study_missing" / "missing.png").exists() and len(read_csv(tiny / "study_missing" / "missing.csv")) == 27
     # Three models per seed were trained, not one per rate.
     assert len(list((tiny / "study_missing" / "runs").glob("*/seed0/report.json"))) == 3
+
+
+def test_the_studies_share_one_folder(tiny):
+    """The README runs stability, then missing, into one --out: missing's cells must not be
+    stability's folders of the same name (another base run: refused as other settings)."""
+    opt = quick(tiny, "shared", layers=(1,), lams=(1.0,), rates=(0.0,))
+    stability(opt, log=lambda *a: None)
+    res = missing(opt, log=lambda *a: None)
+    assert {r["method"] for r in res["rows"]} == {"baseline", "fg", "fgh"}
 
 
 def test_semi_quick(tiny):

@@ -72,10 +72,10 @@ class CorpusSpec:
 
 
 EASY = dict(face_misleads=0.0, voice_misleads=0.0, both_mislead=0.0)  # the tests' corpus: every face and voice shows its class
-# The demo's (and bench/learning.py's) corpus: a quarter of the videos mislead in the face, another
-# quarter in the voice, a tenth are another class's videos outright, and the states are close and
-# jittered: the face alone can be right on 65 % of the videos, the voice alone too, both together
-# on 90 %, and a model has to learn that from 42 training videos.
+# The demo's (and bench/learning.py's) corpus: of a class's 10 videos 2 mislead in the face, 2
+# others in the voice, 1 is another class's video outright, and the states are close and
+# jittered: the face alone can be right on 70 % of the videos, the voice alone too, both together
+# on 90 % (CorpusSpec.ceilings), and a model has to learn that from 36 training videos.
 DEMO_CORPUS = CorpusSpec(face_misleads=0.25, voice_misleads=0.25, both_mislead=0.1, tilt=9.0, tilt_jitter=4.0, tint=0.12, tint_jitter=0.04,
                          noise=0.3)  # fmt: skip
 
@@ -264,7 +264,7 @@ def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, pretrai
         f"**What to expect.** The face alone can be right on at most {100 * ceilings['visual']:.0f} % of the videos, "
         f"the voice alone on {100 * ceilings['audio']:.0f} %, face and voice together on {100 * ceilings['fused']:.0f} % "
         f"(where at most one of them misleads): no model can pass {100 * ceilings['fused']:.0f} %, and a model has "
-        "to learn all this from 42 training videos. The test set is 12 videos, so accuracies move in steps of 8.3 %, "
+        "to learn all this from 36 training videos (12 more validate). The test set is 12 videos, so accuracies move in steps of 8.3 %, "
         "and one seed is one draw that can put the rows in any order: `bench/learning.py` gives the mean over 5 seeds, "
         "paired, with the difference HGR makes and its interval (README, \"Does Soft-HGR help?\": there the fused "
         "baseline is ahead of both unimodal models on average, and fg and fgh at λ = 1 are not ahead of the baseline). "

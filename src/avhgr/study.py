@@ -165,7 +165,9 @@ def missing(opt: StudyOptions, log=print) -> dict:
         base = opt.config("base", seed, corr="none", fusion_layers=layers)
         jobs.append((f"baseline/{seed}", base))  # the base run is the baseline model itself
         for method in ("fg", "fgh"):
-            jobs.append((f"{method}/{seed}", opt.config(f"{method}_lam1_L{layers}", seed, corr=method, lam=1.0, fusion_layers=layers, init_from=base.out)))
+            # Folders of its own: stability's cells of the same name start from another base run.
+            cfg = opt.config(f"missing_{method}_lam1_L{layers}", seed, corr=method, lam=1.0, fusion_layers=layers, init_from=base.out)
+            jobs.append((f"{method}/{seed}", cfg))
     run_jobs(jobs, "missing-modality models", log)
     rows = []
     scenarios = ("audio", "visual", "both")
