@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,25 @@ def gray_frames(n: int, size=(64, 96)):
     return [np.full((*size, 3), 10 + 12 * i, dtype=np.uint8) for i in range(n)]
 
 
+_FREE_AT_START: list[float] = []
+
+
+def pytest_sessionstart(session):
+    import tempfile
+
+    _FREE_AT_START.append(shutil.disk_usage(tempfile.gettempdir()).free / 2**30)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Runs take disk (the suite's peak is in the README): say how much there was, so that a full
+    disk reads as that and not as a cascade of failing tests."""
+    import tempfile
+
+    if _FREE_AT_START:
+        low = "  LOW: the suite needs about 2 GB" if _FREE_AT_START[0] < 2 else ""
+        terminalreporter.write_line(f"temporary folder {tempfile.gettempdir()}: {_FREE_AT_START[0]:.1f} GB free at the start{low}")
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A small folder dataset (root/<label>/file) of good, odd and broken files."""
@@ -41,6 +61,18 @@ def corpus(tmp_path_factory) -> Path:
     (root / "sadness" / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     (root / "happiness" / "empty.mp4").write_bytes(b"")
     return root
+
+
+@pytest.fixture(scope="module")
+def scratch(request, tmp_path_factory) -> Path:
+    """A folder for one test module's runs (a trained run is ~0.3 GB, ~1 GB with its optimiser
+    states), removed when the module is done unless one of its tests failed: the suite's peak disk
+    use stays near one module's, not the sum of them all."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed = request.session.testsfailed
+    yield root
+    if request.session.testsfailed == failed:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

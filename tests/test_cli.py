@@ -17,8 +17,8 @@ TINY = dict(backbone="resnet18", batch_size=16, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def audio_run(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "audio"
+def audio_run(tiny, scratch):
+    out = scratch / "audio"
     train(TrainConfig(cache=str(tiny / "cache"), out=str(out), modalities=("audio",), epochs=1, **TINY), log=lambda *a: None)
     return out
 

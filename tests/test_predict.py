@@ -17,8 +17,8 @@ CLI = [sys.executable, "-m", "avhgr"]
 
 
 @pytest.fixture(scope="module")
-def model(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
+def model(tiny, scratch):
+    out = scratch / "run"
     train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=2, backbone="resnet18", batch_size=16, device="cpu"),
           log=lambda *a: None)  # fmt: skip
     return out

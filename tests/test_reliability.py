@@ -59,8 +59,8 @@ REFUSED = {"zero-byte": "empty file", "random bytes": "not a readable media file
 
 
 @pytest.fixture(scope="module")
-def model_run(tiny, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rel") / "run"
+def model_run(tiny, scratch) -> Path:
+    out = scratch / "run"
     train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=1, backbone="resnet18", batch_size=16, device="cpu"),
           log=lambda *a: None)  # fmt: skip
     return out

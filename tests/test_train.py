@@ -48,8 +48,8 @@ def test_labeled_subset_is_stratified():
 
 
 @pytest.fixture(scope="module")
-def trained(tiny):
-    out = tiny / "run_fgh"
+def trained(tiny, scratch):
+    out = scratch / "run_fgh"
     cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=4, pretrain_epochs=8, keep_states=True, **TINY)
     return out, train(cfg, log=lambda *a: None)
 
@@ -92,7 +92,7 @@ def test_best_epoch_is_kept(trained):
         assert not all(torch.equal(state["model"][k], best[k]) for k in best)
 
 
-def test_labeled_fraction_masks_labels_in_the_training_step(tiny):
+def test_labeled_fraction_masks_labels_in_the_training_step(tiny, tmp_path):
     """The trainer's own step (augmentation, standardised f, g and h, AdamW) with half the labels:
     the unlabelled rows' labels change nothing (loss, L_corr, updated weights), a labelled row's
     label does."""
@@ -101,7 +101,7 @@ def test_labeled_fraction_masks_labels_in_the_training_step(tiny):
     from avhgr.distributed import DistInfo
     from avhgr.train import Stage, train_step
 
-    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(tiny / "semi"), labeled_fraction=0.5, epochs=0, pretrain_epochs=0, **TINY)
+    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "semi"), labeled_fraction=0.5, epochs=0, pretrain_epochs=0, **TINY)
     session = Session(cfg, DistInfo())
     assert len(session.labeled) == 12  # half of the 3 training videos of each of 6 classes, rounded up
     torch.manual_seed(0)
@@ -134,9 +134,9 @@ def test_labeled_fraction_masks_labels_in_the_training_step(tiny):
     assert not torch.equal(other_weights["label.weight"], weights["label.weight"])
 
 
-def test_resume_ends_where_an_uninterrupted_run_does(tiny):
+def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path):
     kw = dict(cache=str(tiny / "cache"), epochs=3, pretrain_epochs=2, **TINY)
-    whole = train(TrainConfig(out=str(tiny / "whole"), **kw), log=lambda *a: None)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **kw), log=lambda *a: None)
 
     class Killed(Exception):
         pass
@@ -146,33 +146,33 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny):
             raise Killed
 
     with pytest.raises(Killed):
-        train(TrainConfig(out=str(tiny / "cut"), **kw), log=die_mid_stage2)
-    assert not (tiny / "cut" / "report.json").exists()
+        train(TrainConfig(out=str(tmp_path / "cut"), **kw), log=die_mid_stage2)
+    assert not (tmp_path / "cut" / "report.json").exists()
     with pytest.raises(RunError, match="--resume"):
-        train(TrainConfig(out=str(tiny / "cut"), **kw))
-    resumed = train(TrainConfig(out=str(tiny / "cut"), **kw), resume=True, log=lambda *a: None)
+        train(TrainConfig(out=str(tmp_path / "cut"), **kw))
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **kw), resume=True, log=lambda *a: None)
     assert resumed["video_accuracy"] == whole["video_accuracy"]
     assert resumed["predictions"] == whole["predictions"]
-    assert (tiny / "cut" / "model.safetensors").read_bytes() == (tiny / "whole" / "model.safetensors").read_bytes()
-    assert [r["loss"] for r in read_metrics(tiny / "cut")] == [r["loss"] for r in read_metrics(tiny / "whole")]
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    assert [r["loss"] for r in read_metrics(tmp_path / "cut")] == [r["loss"] for r in read_metrics(tmp_path / "whole")]
     # A finished run keeps its weights and drops its optimiser states (they are 3x the weights).
     for run in ("whole", "cut"):
-        assert not list((tiny / run).glob("*.last.pt")) and not (tiny / run / "stage2.safetensors").exists()
-        assert (tiny / run / "stage1_audio.safetensors").exists() and (tiny / run / "model.safetensors").exists()
+        assert not list((tmp_path / run).glob("*.last.pt")) and not (tmp_path / run / "stage2.safetensors").exists()
+        assert (tmp_path / run / "stage1_audio.safetensors").exists() and (tmp_path / run / "model.safetensors").exists()
     # Resuming a finished run reads its report back and trains nothing.
-    again = train(TrainConfig(out=str(tiny / "whole"), **kw), resume=True, log=lambda *a: pytest.fail(f"trained: {a}"))
+    again = train(TrainConfig(out=str(tmp_path / "whole"), **kw), resume=True, log=lambda *a: pytest.fail(f"trained: {a}"))
     assert again["predictions"] == whole["predictions"]
 
 
-def test_unimodal_runs_and_init_from(trained, tiny):
+def test_unimodal_runs_and_init_from(trained, tiny, tmp_path):
     out, _ = trained
-    audio = train(TrainConfig(cache=str(tiny / "cache"), out=str(tiny / "audio"), modalities=("audio",), init_from=str(out),
+    audio = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "audio"), modalities=("audio",), init_from=str(out),
                               pretrain_epochs=8, **TINY))  # fmt: skip
-    assert json.loads((tiny / "audio" / "model.json").read_text())["modalities"] == ["audio"]
+    assert json.loads((tmp_path / "audio" / "model.json").read_text())["modalities"] == ["audio"]
     # The audio-only model is the source's stage-1 audio network, tested on the same videos.
     from safetensors.torch import load_file
 
-    mine, theirs = load_file(str(tiny / "audio" / "model.safetensors")), load_file(str(out / "stage1_audio.safetensors"))
+    mine, theirs = load_file(str(tmp_path / "audio" / "model.safetensors")), load_file(str(out / "stage1_audio.safetensors"))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert sorted(p["path"] for p in audio["predictions"]) == sorted(e["path"] for e in json.loads((out / "split.json").read_text())["test"])
 

@@ -123,10 +123,10 @@ def test_broken_tables_are_refused_in_words(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def feature_run(tmp_path_factory):
+def feature_run(scratch):
     """A tiny audio-visual corpus (every face and voice shows its class) whose visual input is a
     per-recording table in which the class shows, trained end to end."""
-    root = tmp_path_factory.mktemp("featrun")
+    root = scratch
     manifest = build_corpus(root / "corpus", CorpusSpec(per_class=5, duration=1.2, **EASY))
     videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
     rng = np.random.default_rng(0)

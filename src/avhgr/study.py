@@ -24,7 +24,7 @@ import numpy as np
 
 from .cache import atomic_write_text, write_csv
 from .stats import mean_std, sample_std
-from .train import RECIPES, TrainConfig, train
+from .train import TrainConfig, train
 
 PAPER_LAYERS = (1, 2, 4)
 PAPER_LAMS = (0.01, 0.1, 1.0, 10.0)
@@ -232,9 +232,10 @@ def semi(opt: StudyOptions, log=print) -> dict:
 
 
 def _settings_line(opt: StudyOptions) -> str:
-    return (f"Settings: cache `{Path(opt.cache).name}`, recipe {opt.recipe}, {opt.backbone}, {opt.epochs} epochs "
-            f"(stage 1: {opt.pretrain_epochs if opt.pretrain_epochs is not None else opt.epochs}), batch {RECIPES[opt.recipe]['batch_size'] if opt.batch_size is None else opt.batch_size}, "
-            f"lr {opt.lr:g}, {opt.split} split, seeds {opt.seeds}")  # fmt: skip
+    cfg = opt.config("settings", opt.seed)  # what the cells train with, the recipe's defaults resolved
+    return (f"Settings: cache `{Path(opt.cache).name}`, recipe {cfg.recipe}, {cfg.backbone}, {cfg.epochs} epochs "
+            f"(stage 1: {cfg.stage1_epochs}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+            f"{cfg.windows_per_epoch} windows per file each epoch, {cfg.split} split, seeds {opt.seeds}")  # fmt: skip
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

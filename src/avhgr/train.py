@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -615,8 +614,9 @@ def train_owned(cfg: TrainConfig, log=print, progress: bool = False) -> dict:
         return train_run(cfg, resume=True, log=log, progress=progress)
     except SettingsChanged as exc:
         log(f"{cfg.out}: its settings changed ({', '.join(exc.changed)}): training it again")
-        if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 has (or owns) the folder
+        joined = torch.distributed.is_initialized()  # train_run joined the group, if there is one
+        if not joined or torch.distributed.get_rank() == 0:  # only rank 0 has (or owns) the folder
             shutil.rmtree(cfg.out, ignore_errors=True)
-        if torch.distributed.is_initialized():
+        if joined:
             torch.distributed.barrier()
         return train_run(cfg, resume=False, log=log, progress=progress)
