@@ -39,7 +39,7 @@ def pytest_terminal_summary(terminalreporter):
     import tempfile
 
     if _FREE_AT_START:
-        low = "  LOW: the suite needs about 2 GB" if _FREE_AT_START[0] < 2 else ""
+        low = "  LOW: the suite needs about 3 GB" if _FREE_AT_START[0] < 3 else ""
         terminalreporter.write_line(f"temporary folder {tempfile.gettempdir()}: {_FREE_AT_START[0]:.1f} GB free at the start{low}")
 
 

@@ -205,14 +205,14 @@ def test_evaluate_with_missing_modalities(trained, tiny):
     assert len(missing_assignment(list(range(10)), "visual")) == 10  # no rate: every video misses it
 
 
-def test_predict_on_files(trained, tiny, monkeypatch):
+def test_predict_on_files(trained, tiny, tmp_path, monkeypatch):
     out, _ = trained
     predictor = Predictor(out, device="cpu")
     res = predictor.predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
     assert res["emotion"] in predictor.classes and res["missing"] == []
     assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     assert len(res["timeline"]) == 4 and res["timeline"][0]["start"] <= res["timeline"][-1]["start"]
-    audio_only = write_media(tiny / "voice.wav", audio=tone(1.0, 16_000, 140), sample_rate=16_000)
+    audio_only = write_media(tmp_path / "voice.wav", audio=tone(1.0, 16_000, 140), sample_rate=16_000)
     assert predictor.predict_file(audio_only)["missing"] == ["visual"]
     denser = Predictor(out, device="cpu", windows=7).predict_file(tiny / "corpus" / "anger_00.mp4", timeline=True)
     assert denser["windows"] == 7 and len(denser["timeline"]) == 7

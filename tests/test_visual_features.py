@@ -126,7 +126,8 @@ def test_broken_tables_are_refused_in_words(tmp_path):
 def feature_run(scratch):
     """A tiny audio-visual corpus (every face and voice shows its class) whose visual input is a
     per-recording table in which the class shows, trained end to end."""
-    root = scratch
+    root = scratch / "featrun"
+    root.mkdir()
     manifest = build_corpus(root / "corpus", CorpusSpec(per_class=5, duration=1.2, **EASY))
     videos, classes = select_emotions(index_dataset("csv", manifest), "basic6")
     rng = np.random.default_rng(0)
