@@ -130,6 +130,9 @@ def test_windows_are_drawn_anew_per_video_and_epoch():
     assert not np.array_equal(a, b)  # another epoch, another draw
     assert np.array_equal(a, draw_windows(FakeCache, windows, 3, np.random.default_rng([0, 1, 0])))  # seeded
     assert len(draw_windows(FakeCache, windows[:10], 3, np.random.default_rng(0))) == 3 + 2  # video 1 has only 2 left
+    rng = np.random.default_rng(0)
+    kept = draw_windows(FakeCache, windows[::-1], 8, rng)  # no video has more than 8: no draw, and no random number used
+    assert np.array_equal(kept, windows[::-1]) and rng.random() == np.random.default_rng(0).random()
 
 
 def test_level_offsets_remove_loudness():

@@ -307,7 +307,11 @@ def spectrogram_levels(cache: Cache, level: str) -> np.ndarray:
 
 
 def draw_windows(cache: Cache, windows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """At most ``k`` of each video's ``windows``, drawn at random without replacement (sorted)."""
+    """At most ``k`` of each video's ``windows``, drawn at random without replacement (sorted).
+    Where no video of the cache has more than ``k`` windows the draw would keep them all: the
+    windows come back as given and ``rng`` is not used (training then runs exactly as with all)."""
+    if k >= np.bincount(cache.windows["video"]).max(initial=0):
+        return windows
     vids = cache.windows["video"][windows]
     order = np.lexsort((rng.random(len(windows)), vids))  # by video, in random order within each
     by_video = vids[order]

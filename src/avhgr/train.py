@@ -218,7 +218,6 @@ class Session:
             raise RunError(f"{cfg.cache}: too few videos for a {cfg.split} split ({ {k: len(v) for k, v in self.split.items()} })")
         self.labeled = labeled_subset(self.split["train"], labels, cfg.labeled_fraction, cfg.seed)
         self.reader = WindowReader(self.cache, modalities=cfg.modalities, level=cfg.level, evidence=cfg.evidence)
-        self.most_windows = int(np.bincount(self.cache.windows["video"]).max(initial=0))  # cached windows of the fullest video
         self.audio_stats = self.reader.fit_audio_stats(self.reader.windows(self.split["train"]), seed=cfg.seed)
         self.visual_stats = self.reader.fit_visual_stats(self.reader.windows(self.split["train"]))
         table = self.cache.visual_features  # facial features instead of face crops: their columns
@@ -503,8 +502,8 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
     loss (CE + λ·L_corr with λ at each step), and L_corr of the first step."""
     rng = np.random.default_rng([s.cfg.seed, stage.shuffle_key, epoch])
     torch.manual_seed(int(rng.integers(2**62)))
-    if s.cfg.windows_per_epoch != "all" and s.cfg.windows_per_epoch < s.most_windows:  # a new draw from each video's cached ones
-        windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)  # (a draw that keeps them all would only reshuffle)
+    if s.cfg.windows_per_epoch != "all":  # a new draw from each video's cached windows every epoch
+        windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)
     order = windows[rng.permutation(len(windows))]
     bs, world = s.cfg.batch_size, s.dist.world
     # Each process's rows of every batch, and every process's number of rows (they may differ).
