@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,12 @@ _FREE_AT_START: list[float] = []
 
 
 def pytest_sessionstart(session):
-    import tempfile
-
     _FREE_AT_START.append(shutil.disk_usage(tempfile.gettempdir()).free / 2**30)
 
 
 def pytest_terminal_summary(terminalreporter):
     """Runs take disk (the suite's peak is in the README): say how much there was, so that a full
     disk reads as that and not as a cascade of failing tests."""
-    import tempfile
-
     if _FREE_AT_START:
         low = "  LOW: the suite needs about 3 GB" if _FREE_AT_START[0] < 3 else ""
         terminalreporter.write_line(f"temporary folder {tempfile.gettempdir()}: {_FREE_AT_START[0]:.1f} GB free at the start{low}")
