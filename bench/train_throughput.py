@@ -140,7 +140,7 @@ def main() -> None:
         s = Session(cfg)
         torch.manual_seed(0)
         train_windows = s.reader.windows(s.split["train"])
-        stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, "fgh", joint=True)
+        stage = Stage("stage2", AVHGRModel(c, backbone, 2, feature_norm=cfg.feature_norm), s.split["train"], 1, 10, corr="fgh")
         model, train_model, opt = prepare(s, stage)
         batch = s.reader.read(train_windows[:bs], s.labeled).to(device, s.channels_last)
         b = bs / timed(lambda: train_step(s, stage, train_model, opt, batch, cfg.lam), steps, warmup, device)

@@ -29,8 +29,8 @@ def test_weights_are_float16_safetensors_within_25_mb():
     assert card["modalities"] == ["audio"] and card["classes"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 
 
-def test_builtin_model_predicts_from_the_voice_alone(tmp_path):
-    predictor = Predictor(device="cpu")
+def test_builtin_speech_model_predicts_from_the_voice_alone(tmp_path):
+    predictor = Predictor("builtin:speech", device="cpu")
     assert predictor.description == "built-in speech model, audio only"
     assert all(p.dtype == torch.float32 for p in predictor.model.parameters())  # float16 on disk, float32 to compute
     clip = write_media(tmp_path / "talk.mp4", face_frames(30), 10, voice(3.0))
@@ -39,7 +39,8 @@ def test_builtin_model_predicts_from_the_voice_alone(tmp_path):
     assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
     silent = write_media(tmp_path / "silent.wav", audio=np.zeros(3 * 48_000, np.float32))
     assert predictor.predict_file(silent)["emotion"] is None
-    out = subprocess.run([sys.executable, "-m", "avhgr", "predict", str(clip), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "avhgr", "predict", str(clip), "--model", "builtin:speech", "--device", "cpu"], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0 and "built-in speech model, audio only" in out.stderr and out.stdout.startswith(str(clip))
 
 
@@ -50,7 +51,35 @@ def test_builtin_model_refuses_a_soundless_stream_in_words(tmp_path):
 
     mute = write_media(tmp_path / "camera.mp4", face_frames(10), 10)
     with pytest.raises(MediaError, match="no audio stream, and the built-in speech model, audio only hears only audio .*--model"):
-        watch(Predictor(device="cpu"), str(mute), emit=lambda w: None)
+        watch(Predictor("builtin:speech", device="cpu"), str(mute), emit=lambda w: None)
+
+
+def test_the_builtin_model_sees_and_hears(tmp_path):
+    """The default model: the face expert where a window has a face, the voice expert where it has
+    speech, their product where it has both; a camera without sound is answered by the face."""
+    from avhgr.watch import watch
+
+    predictor = Predictor(device="cpu")
+    assert predictor.description == "built-in model: face and voice experts" and predictor.modalities == ["audio", "visual"]
+    clip = write_media(tmp_path / "talk.mp4", face_frames(30), 10, voice(3.0))
+    res = predictor.predict_file(clip, timeline=True, hop=0.5)
+    assert res["face_rate"] > 0.5 and res["speech_rate"] > 0.5 and res["experts"]["face"] > 0 and res["experts"]["voice"] > 0
+    assert any(w["experts"] == ["face", "voice"] for w in res["timeline"]), res["timeline"]
+    windows, _ = predictor.windows_of_file(clip, 0.5)
+    probs, used = predictor.probabilities(windows)
+    face, voice_p = predictor.expert_probs["face"], predictor.expert_probs["voice"]
+    both = ~np.isnan(face[:, 0]) & ~np.isnan(voice_p[:, 0])
+    assert both.sum() >= 3
+    product = face[both] * voice_p[both]  # the product rule, window by window (before any rounding)
+    np.testing.assert_allclose(probs[both], product / product.sum(axis=1, keepdims=True), atol=1e-4)
+    only_face = ~np.isnan(face[:, 0]) & np.isnan(voice_p[:, 0])
+    np.testing.assert_allclose(probs[only_face], face[only_face], atol=1e-5)  # a face without speech: the face's answer
+    mute = write_media(tmp_path / "camera.mp4", face_frames(20), 10)
+    lines = []
+    watch(predictor, str(mute), emit=lines.append)
+    assert lines and all(w["emotion"] is not None and w["face"] and not w["speech"] for w in lines)
+    silent = predictor.predict_file(mute)
+    assert silent["emotion"] is not None and silent["experts"] == {"face": silent["windows_used"], "voice": 0}
 
 
 def test_model_card_is_made_from_cv_json():
@@ -74,6 +103,6 @@ def test_model_card_is_made_from_cv_json():
 
 def test_builtin_model_on_real_ravdess_clips(shared_data):
     clips = sorted((shared_data / "ravdess_av").glob("*.mp4"))
-    predictor = Predictor(device="cpu")
+    predictor = Predictor("builtin:speech", device="cpu")
     results = [predictor.predict_file(c) for c in clips]
     assert all(r["emotion"] is not None and r["speech_rate"] > 0.2 for r in results)  # a quiet sad take: 28 %

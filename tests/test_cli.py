@@ -65,7 +65,7 @@ def test_a_bug_in_train_is_reported_as_one_and_keeps_its_traceback(tiny, tmp_pat
     assert res.exit_code == 1 and "internal error, a bug in avhgr" in res.output
     assert "an internal ValueError" in (out / "errors.log").read_text()  # the traceback, where the user will look
     mistake = CliRunner().invoke(app, ["train", "--cache", str(tiny / "cache"), "--out", str(out), "--corr", "fgx"])
-    assert mistake.exit_code == 2 and "--corr must be fgh, fg or none" in mistake.output
+    assert mistake.exit_code == 2 and "--corr must be one of fgh, fg, none" in mistake.output
 
 
 def test_folds_without_fold_is_refused(tiny, tmp_path):

@@ -110,7 +110,7 @@ def test_training_step_never_waits_for_the_device():
     model = AVHGRModel(6, "resnet18", feature_norm="batch").to("meta")
     cfg = TrainConfig(cache="c", out="o", labeled_fraction=0.5)  # the default recipe: augmentation, AdamW
     session = SimpleNamespace(device=torch.device("meta"), amp=False, cfg=cfg, dist=DistInfo())
-    stage = Stage("stage2", model, [], 1, 10, "fgh", joint=True)
+    stage = Stage("stage2", model, [], 1, 10, corr="fgh")
     opt = torch.optim.AdamW([p for p in model.parameters()], weight_decay=cfg.weight_decay)
     host.to("meta")  # once-per-device constants are made on the first batch
     with CrossDeviceCopies() as copies:

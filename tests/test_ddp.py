@@ -95,7 +95,7 @@ def _train_worker(rank, world, port, cfg):
 def test_ddp_training_runs_and_only_rank0_writes(tiny, tmp_path):
     out = tmp_path / "ddp"
     # batch 15: every step splits 8 / 7 between the two processes
-    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=1, backbone="resnet18", batch_size=15, device="cpu")
+    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, joint_epochs=1, backbone="resnet18", batch_size=15, device="cpu")
     mp.spawn(_train_worker, args=(2, free_port(), cfg), nprocs=2, join=True)
     assert (out / "report.json").exists() and (out / "model.safetensors").exists()
     assert len(list((out / "tb").glob("events*"))) == 1  # a second writer would add its own file
@@ -146,7 +146,7 @@ def _real_step(rank, world, port, out, b):
     session = SimpleNamespace(device=torch.device("cpu"), amp=False, cfg=cfg, dist=info)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)  # the gradients stay to compare
     torch.manual_seed(5)  # the same augmentation draws on every process
-    losses = train_step(session, Stage("stage2", model, [], 1, 10, "fgh", joint=True), train_model, opt, batch, lam=0.7)
+    losses = train_step(session, Stage("stage2", model, [], 1, 10, corr="fgh"), train_model, opt, batch, lam=0.7)
     losses = all_sum_if(losses, info)
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
@@ -203,7 +203,7 @@ def test_two_nodes_without_a_shared_disk_train_resume_and_start_from_a_stage1(ti
     from dataclasses import replace
 
     shutil.copytree(tiny / "cache", tmp_path / "node1" / "cache")
-    base = TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "node0" / "whole"), epochs=2, pretrain_epochs=1, backbone="resnet18",
+    base = TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "node0" / "whole"), epochs=1, joint_epochs=2, backbone="resnet18",
                        batch_size=15, device="cpu", keep_states=False)  # fmt: skip
 
     def per_node(cfg):
@@ -218,7 +218,7 @@ def test_two_nodes_without_a_shared_disk_train_resume_and_start_from_a_stage1(ti
     cut = replace(base, out=str(tmp_path / "node0" / "cut"))
     with pytest.raises(Exception, match="Killed"):
         mp.spawn(_node_worker, args=(2, free_port(), per_node(cut), "stage2 epoch 1/", False), nprocs=2, join=True)
-    assert (tmp_path / "node0" / "cut" / "stage2.last.pt").exists() and not (tmp_path / "node0" / "cut" / "report.json").exists()
+    assert (tmp_path / "node0" / "cut" / "stage2.resume.pt").exists() and not (tmp_path / "node0" / "cut" / "report.json").exists()
     mp.spawn(_node_worker, args=(2, free_port(), per_node(cut), None, True), nprocs=2, join=True)
     assert (tmp_path / "node0" / "cut" / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     child = replace(base, out=str(tmp_path / "node0" / "fg"), corr="fg", init_from=str(whole))

@@ -1,4 +1,4 @@
-"""Hostile media and a killed parent (RELIABILITY.md): each file gives windows without a face
+"""Hostile media and a killed parent (docs/reliability.md): each file gives windows without a face
 or a one-line reason in words, never an internal exception text; no worker outlives preprocess."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ CLI = [sys.executable, "-m", "avhgr"]
 @pytest.fixture(scope="module")
 def model(tiny, scratch):
     out = scratch / "run"
-    train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=2, backbone="resnet18", batch_size=16, device="cpu"),
+    train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=2, joint_epochs=1, backbone="resnet18", batch_size=16, device="cpu"),
           log=lambda *a: None)  # fmt: skip
     return out
 

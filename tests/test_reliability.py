@@ -1,4 +1,4 @@
-"""Hostile files, untrusted checkpoints, failed writes: each case as a test (see RELIABILITY.md)."""
+"""Hostile files, untrusted checkpoints, failed writes: each case as a test (see docs/reliability.md)."""
 
 import errno
 import json
@@ -61,7 +61,7 @@ REFUSED = {"zero-byte": "empty file", "random bytes": "not a readable media file
 @pytest.fixture(scope="module")
 def model_run(tiny, scratch) -> Path:
     out = scratch / "run"
-    train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=1, backbone="resnet18", batch_size=16, device="cpu"),
+    train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, joint_epochs=1, backbone="resnet18", batch_size=16, device="cpu"),
           log=lambda *a: None)  # fmt: skip
     return out
 
@@ -113,7 +113,7 @@ def test_checkpoint_with_code_payload_is_refused_without_running_it(model_run, t
         def __reduce__(self):
             return (os.system, (f"touch '{marker}'",))
 
-    evil = tmp_path / "stage2.last.pt"
+    evil = tmp_path / "stage2.resume.pt"
     evil.write_bytes(pickle.dumps({"model": Payload()}))
     with pytest.raises(RunError, match="not a loadable training state"):
         load_state(evil)
@@ -189,12 +189,12 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
 
 
 def test_kill_9_during_train_then_resume_ends_like_an_uninterrupted_run(tiny, tmp_path):
-    args = ["train", "--cache", str(tiny / "cache"), "--epochs", "3", "--pretrain-epochs", "2", "--backbone", "resnet18",
+    args = ["train", "--cache", str(tiny / "cache"), "--epochs", "2", "--joint-epochs", "3", "--backbone", "resnet18",
             "--batch-size", "16", "--device", "cpu"]  # fmt: skip
     whole = subprocess.run([*CLI, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     cut = tmp_path / "cut"
-    _kill_when([*CLI, *args, "--out", str(cut)], lambda: (cut / "stage2.last.pt").exists())
+    _kill_when([*CLI, *args, "--out", str(cut)], lambda: (cut / "stage2.resume.pt").exists())
     assert not (cut / "report.json").exists()
     resumed = subprocess.run([*CLI, *args, "--out", str(cut), "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr

@@ -37,7 +37,7 @@ def test_the_fusion_warm_up_is_never_the_kept_model(tiny, tmp_path, monkeypatch)
     warm-up became a phase of its own, fg kept "epoch 1", the baseline's warm-up model."""
     scripted_validation(monkeypatch, {"stage1_audio": [0.5, 0.6], "stage1_visual": [0.5, 0.6], "stage2_warmup": [1.0] * 2,
                                       "stage2": [0.5, 0.5, 0.5, 0.5]})  # fmt: skip
-    common = dict(cache=str(tiny / "cache"), epochs=2, pretrain_epochs=2, keep_states=True, **TINY)
+    common = dict(cache=str(tiny / "cache"), epochs=2, joint_epochs=2, keep_states=True, **TINY)
     base = train(TrainConfig(out=str(tmp_path / "base"), corr="none", **common), log=lambda *a: None)
     fg = train(TrainConfig(out=str(tmp_path / "fg"), corr="fg", init_from=str(tmp_path / "base"), **common), log=lambda *a: None)
     warm_base = load_file(str(tmp_path / "base" / "stage2_warmup.safetensors"))
@@ -54,7 +54,7 @@ def test_the_fusion_warm_up_is_never_the_kept_model(tiny, tmp_path, monkeypatch)
     from avhgr.runs import load_model
 
     model, card = load_model(tmp_path / "fg", torch.device("cpu"))
-    model.load_state_dict(torch.load(tmp_path / "fg" / "stage2.last.pt", weights_only=True)["model"])  # the last epoch's weights
+    model.load_state_dict(torch.load(tmp_path / "fg" / "stage2.resume.pt", weights_only=True)["model"])  # the last epoch's weights
     last = evaluate_run(tmp_path / "fg", device="cpu", model=model, card=card)
     assert fg["last_epoch"]["window_accuracy"] == last["window_accuracy"]
 
@@ -62,7 +62,7 @@ def test_the_fusion_warm_up_is_never_the_kept_model(tiny, tmp_path, monkeypatch)
 def test_window_accuracy_breaks_ties_of_video_accuracy(tiny, tmp_path, monkeypatch):
     answers = iter([(0.5, 0.4), (0.5, 0.6), (0.5, 0.6)])
     monkeypatch.setattr(avhgr.train.Session, "validate", lambda self, model: dict(zip(("video_accuracy", "window_accuracy"), next(answers))))
-    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "a"), modalities=("audio",), pretrain_epochs=3, **TINY),
+    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "a"), modalities=("audio",), epochs=3, **TINY),
                    log=lambda *a: None)  # fmt: skip
     assert report["stages"]["stage1_audio"]["best_epoch"] == 2  # better window accuracy; the full tie of epoch 3 keeps 2
 
@@ -87,11 +87,11 @@ def test_a_finished_run_resumed_with_other_settings_never_returns_its_old_result
 def test_a_run_started_from_a_stage1_trained_again_is_not_read_back(tiny, tmp_path):
     """A study cell or the demo's fg run records the digests of the stage-1 weights it started
     from: once the base run is trained again (another result), the old cell is not returned."""
-    kw = dict(cache=str(tiny / "cache"), epochs=1, pretrain_epochs=1, **TINY)
+    kw = dict(cache=str(tiny / "cache"), epochs=1, joint_epochs=1, **TINY)
     train(TrainConfig(out=str(tmp_path / "base"), corr="none", **kw), log=lambda *a: None)
     child = TrainConfig(out=str(tmp_path / "fg"), corr="fg", init_from=str(tmp_path / "base"), **kw)
     train(child, log=lambda *a: None)
-    train_owned(TrainConfig(out=str(tmp_path / "base"), corr="none", **{**kw, "pretrain_epochs": 2}), log=lambda *a: None)
+    train_owned(TrainConfig(out=str(tmp_path / "base"), corr="none", **{**kw, "epochs": 2}), log=lambda *a: None)
     with pytest.raises(SettingsChanged, match="init_weights"):
         train(child, resume=True, log=lambda *a: None)
 

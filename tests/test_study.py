@@ -51,7 +51,7 @@ def test_stability_quick(tiny, tmp_path):
     assert (runs / "baseline_L1" / "seed0" / "stage1_audio.safetensors").exists()
     assert {r["stage"] for r in read_csv(runs / "baseline_L1" / "seed0" / "metrics.csv")} == {"stage1_audio", "stage1_visual", "stage2_warmup", "stage2"}
     assert {r["stage"] for r in read_csv(runs / "fgh_lam1_L2" / "seed0" / "metrics.csv")} == {"stage2_warmup", "stage2"}
-    assert not list(runs.glob("*/seed0/*.last.pt"))  # finished cells keep weights, not optimiser states
+    assert not list(runs.glob("*/seed0/*.resume.pt"))  # finished cells keep weights, not optimiser states
     shared = [runs / cell / "seed0" / "stage1_audio.safetensors" for cell in ("baseline_L1", "fgh_lam1_L2")]
     assert shared[0].stat().st_ino == shared[1].stat().st_ino  # one stage 1 on disk, hard-linked
 
@@ -124,7 +124,7 @@ def test_the_settings_line_states_what_the_cells_train_with(tmp_path):
     avhgr's 64 and 20): the report must not state a number no cell trained with."""
     from avhgr.study import StudyOptions, _settings_line
 
-    paper = _settings_line(StudyOptions(cache=str(tmp_path), out=str(tmp_path / "o"), recipe="paper", epochs=3, pretrain_epochs=None))
-    assert "batch 90" in paper and "all windows per file" in paper and "3 epochs (stage 1: 3)" in paper
+    paper = _settings_line(StudyOptions(cache=str(tmp_path), out=str(tmp_path / "o"), recipe="paper", epochs=3))
+    assert "batch 90" in paper and "all windows per file" in paper and "3 epochs of stage 1 and 100 of stage 2" in paper
     mine = _settings_line(StudyOptions(cache=str(tmp_path), out=str(tmp_path / "o"), recipe="avhgr", batch_size=12))
     assert "batch 12" in mine and "20 windows per file" in mine

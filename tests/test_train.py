@@ -50,7 +50,7 @@ def test_labeled_subset_is_stratified():
 @pytest.fixture(scope="module")
 def trained(tiny, scratch):
     out = scratch / "run_fgh"
-    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=4, pretrain_epochs=8, keep_states=True, **TINY)
+    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=8, joint_epochs=4, keep_states=True, **TINY)
     return out, train(cfg, log=lambda *a: None)
 
 
@@ -79,7 +79,7 @@ def test_best_epoch_is_kept(trained):
     rows = [r for r in read_metrics(out) if r["stage"] == "stage2"]
     accs = [float(r["val_video_acc"]) for r in rows]
     keys = [(float(r["val_video_acc"]), float(r["val_window_acc"])) for r in rows]
-    state = torch.load(out / "stage2.last.pt", weights_only=True)  # kept: keep_states=True
+    state = torch.load(out / "stage2.resume.pt", weights_only=True)  # kept: keep_states=True
     assert state["best_epoch"] == keys.index(max(keys)) + 1  # the best video accuracy, then window accuracy, then the earlier epoch
     stage2 = json.loads((out / "report.json").read_text())["stages"]["stage2"]
     assert (stage2["epochs"], stage2["best_epoch"]) == (4, state["best_epoch"])
@@ -101,7 +101,7 @@ def test_labeled_fraction_masks_labels_in_the_training_step(tiny, tmp_path):
     from avhgr.distributed import DistInfo
     from avhgr.train import Stage, train_step
 
-    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "semi"), labeled_fraction=0.5, epochs=0, pretrain_epochs=0, **TINY)
+    cfg = TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "semi"), labeled_fraction=0.5, epochs=0, joint_epochs=0, **TINY)
     session = Session(cfg, DistInfo())
     assert len(session.labeled) == 12  # half of the 3 training videos of each of 6 classes, rounded up
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_labeled_fraction_masks_labels_in_the_training_step(tiny, tmp_path):
         torch.manual_seed(1)  # the same augmentation draws
         batch = host.to("cpu")
         batch.labels = labels
-        losses = train_step(session, Stage("stage2", model, [], 1, 10, "fgh", joint=True), model, opt, batch, lam=1.0)
+        losses = train_step(session, Stage("stage2", model, [], 1, 10, corr="fgh"), model, opt, batch, lam=1.0)
         return losses, model.state_dict()
 
     labels = host.labels.clone()
@@ -135,7 +135,7 @@ def test_labeled_fraction_masks_labels_in_the_training_step(tiny, tmp_path):
 
 
 def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path):
-    kw = dict(cache=str(tiny / "cache"), epochs=3, pretrain_epochs=2, **TINY)
+    kw = dict(cache=str(tiny / "cache"), epochs=2, joint_epochs=3, **TINY)
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **kw), log=lambda *a: None)
 
     class Killed(Exception):
@@ -157,7 +157,7 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path):
     assert [r["loss"] for r in read_metrics(tmp_path / "cut")] == [r["loss"] for r in read_metrics(tmp_path / "whole")]
     # A finished run keeps its weights and drops its optimiser states (they are 3x the weights).
     for run in ("whole", "cut"):
-        assert not list((tmp_path / run).glob("*.last.pt")) and not (tmp_path / run / "stage2.safetensors").exists()
+        assert not list((tmp_path / run).glob("*.resume.pt")) and not (tmp_path / run / "stage2.safetensors").exists()
         assert (tmp_path / run / "stage1_audio.safetensors").exists() and (tmp_path / run / "model.safetensors").exists()
     # Resuming a finished run reads its report back and trains nothing.
     again = train(TrainConfig(out=str(tmp_path / "whole"), **kw), resume=True, log=lambda *a: pytest.fail(f"trained: {a}"))
@@ -167,7 +167,7 @@ def test_resume_ends_where_an_uninterrupted_run_does(tiny, tmp_path):
 def test_unimodal_runs_and_init_from(trained, tiny, tmp_path):
     out, _ = trained
     audio = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "audio"), modalities=("audio",), init_from=str(out),
-                              pretrain_epochs=8, **TINY))  # fmt: skip
+                              epochs=8, **TINY))  # fmt: skip
     assert json.loads((tmp_path / "audio" / "model.json").read_text())["modalities"] == ["audio"]
     # The audio-only model is the source's stage-1 audio network, tested on the same videos.
     from safetensors.torch import load_file
@@ -250,7 +250,7 @@ def test_each_network_is_trained_and_validated_on_its_own_input(tiny, tmp_path, 
         return original(self, x)
 
     monkeypatch.setattr(torchvision.models.resnet.ResNet, "forward", recording)
-    train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "run"), epochs=1, pretrain_epochs=1, **TINY), log=lambda *a: None)
+    train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "run"), epochs=1, joint_epochs=1, **TINY), log=lambda *a: None)
     shapes = [{shape for shape, _ in calls} for calls in seen.values()]
     assert len(seen) == 4 and all(len(s) == 1 for s in shapes), shapes
     assert sorted(next(iter(s)) for s in shapes) == [(3, 32, 32), (3, 32, 32), (3, 94, 94), (3, 94, 94)]
@@ -275,12 +275,12 @@ def test_stage2_starts_from_the_best_stage1_epochs(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(avhgr.train, "train_epoch", snapshot)
     out = tmp_path / "run"
-    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=1, pretrain_epochs=3, keep_states=True, **TINY),
+    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(out), epochs=3, joint_epochs=1, keep_states=True, **TINY),
                    log=lambda *a: None)  # fmt: skip
     assert report["stages"]["stage1_audio"]["best_epoch"] == 2 and report["stages"]["stage1_visual"]["best_epoch"] == 1
     for m in ("audio", "visual"):
         best = load_file(str(out / f"stage1_{m}.safetensors"))
-        last = load_state(out / f"stage1_{m}.last.pt")["model"]
+        last = load_state(out / f"stage1_{m}.resume.pt")["model"]
         assert all(torch.equal(start[f"{m}.{k}"], v) for k, v in best.items()), m
         assert not all(torch.equal(start[f"{m}.{k}"], v) for k, v in last.items()), m  # not the last epoch's
         final = load_file(str(out / f"stage1_{m}.final.safetensors"))  # the last epoch's, kept for its test
@@ -298,7 +298,7 @@ def test_stage2_starts_from_the_best_stage1_epochs(tiny, tmp_path, monkeypatch):
 
 def test_init_from_refuses_a_stage1_trained_on_other_videos_or_settings(trained, tiny, tmp_path):
     out, _ = trained
-    base = dict(cache=str(tiny / "cache"), epochs=0, pretrain_epochs=8, init_from=str(out), **TINY)
+    base = dict(cache=str(tiny / "cache"), epochs=8, joint_epochs=0, init_from=str(out), **TINY)
     for change, reason in ((dict(seed=1), "seed"), (dict(split="actor"), "split"), (dict(labeled_fraction=0.5), "labeled_fraction"),
                            (dict(backbone="resnet34"), "backbone")):  # fmt: skip
         with pytest.raises(RunError, match=f"another .*{reason}"):
@@ -336,8 +336,8 @@ def test_evaluate_refuses_a_cache_of_other_videos(trained, tiny, tmp_path):
 def test_the_logged_loss_uses_lambda_at_each_step(tiny, tmp_path):
     """Under --lam-warmup the loss in metrics.csv is CE + λ_t·L_corr with λ_t of each step (it used
     the final λ): during the warm-up it lies between CE and CE + λ·L_corr, after it equals the latter."""
-    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "r"), corr="fg", lam=2.0, lam_warmup=2, epochs=3,
-                               pretrain_epochs=1, **TINY), log=lambda *a: None)  # fmt: skip
+    report = train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "r"), corr="fg", lam=2.0, lam_warmup=2, epochs=1,
+                               joint_epochs=3, **TINY), log=lambda *a: None)  # fmt: skip
     rows = [r for r in read_metrics(tmp_path / "r") if r["stage"] == "stage2"]
     ce, corr, loss = ([float(r[k]) for r in rows] for k in ("ce", "corr", "loss"))
     assert all(c < 0 for c in corr)  # the features correlate: L_corr < 0, so λ matters
@@ -359,7 +359,7 @@ def test_a_kill_between_the_best_weights_and_the_resume_state_resumes_like_an_un
         count = itertools.count(1)
         monkeypatch.setattr(avhgr.train.Session, "validate", lambda self, model: {"video_accuracy": 0.01 * next(count), "window_accuracy": 0.5})
 
-    kw = dict(cache=str(tiny / "cache"), epochs=2, pretrain_epochs=1, **TINY)
+    kw = dict(cache=str(tiny / "cache"), epochs=1, joint_epochs=2, **TINY)
     rising_validation()
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **kw), log=lambda *a: None)
 
@@ -377,7 +377,7 @@ def test_a_kill_between_the_best_weights_and_the_resume_state_resumes_like_an_un
     monkeypatch.setattr(RunFolder, "save_state", save_state)
     with pytest.raises(Killed):
         train(TrainConfig(out=str(tmp_path / "cut"), **kw), log=lambda *a: None)
-    assert load_state(tmp_path / "cut" / "stage2.last.pt")["epoch"] == 1  # the state is epoch 1's, the best weights epoch 2's
+    assert load_state(tmp_path / "cut" / "stage2.resume.pt")["epoch"] == 1  # the state is epoch 1's, the best weights epoch 2's
     monkeypatch.setattr(RunFolder, "save_state", real_state)
     rising_validation()  # the resumed run's validation starts low: epoch 2 done again is not better than what is on disk
     resumed = train(TrainConfig(out=str(tmp_path / "cut"), **kw), resume=True, log=lambda *a: None)

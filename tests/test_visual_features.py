@@ -140,7 +140,7 @@ def feature_run(scratch):
     features = open_table(root / "table.csv")
     run_preprocess(videos, classes, root / "cache", FeatureSettings(windows=4), manifest, "csv", progress=False, features=features)
     out = root / "run"
-    report = train(TrainConfig(cache=str(root / "cache"), out=str(out), epochs=3, pretrain_epochs=4, backbone="resnet18", batch_size=16,
+    report = train(TrainConfig(cache=str(root / "cache"), out=str(out), epochs=4, joint_epochs=3, backbone="resnet18", batch_size=16,
                                device="cpu"), log=lambda *a: None)  # fmt: skip
     return root, out, report
 

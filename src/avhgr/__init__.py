@@ -1,3 +1,17 @@
-"""avhgr: audio-visual emotion recognition with the Soft-HGR correlation loss."""
+"""avhgr: audio-visual emotion recognition with the Soft-HGR correlation loss.
 
-__version__ = "0.1.0"
+    import avhgr
+    model = avhgr.load_model()             # the built-in model; or a run folder of `avhgr train`
+    model.predict("clip.mp4", hop=0.5)     # emotion, probabilities, evidence, timeline
+"""
+
+__version__ = "0.2.0"
+__all__ = ["__version__", "load_model"]
+
+
+def load_model(name=None, device: str = "auto", visual_features=None):
+    """The built-in model (``None``, ``"builtin"``, ``"builtin:speech"``, ``"builtin:face"``) or a run
+    folder; see ``avhgr.api``."""
+    from .api import load_model as _load
+
+    return _load(name, device, visual_features)

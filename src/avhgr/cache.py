@@ -48,7 +48,7 @@ CACHE_VERSION = 1
 _UNIQUE = f"{socket.gethostname()}.{secrets.token_hex(4)}."
 # The last one is derived from the others by data.spectrogram_facts.
 _CACHE_FILES = ("settings.json", "index.csv", "videos.csv", "windows.csv", "faces.npy", "visual_features.npy", "spectrograms.npy",
-                "report.json", "COMPLETE", "spectrogram_facts.npz", "consolidating.lock")  # fmt: skip
+                "report.json", "COMPLETE", "spectrogram_facts.npz", "consolidating.lock", "consolidating.lock.takeover")  # fmt: skip
 LOCK = "consolidating.lock"
 # A finished cache reopened to retry files keeps its consolidated tables and arrays under these
 # names until the next consolidation is complete (a kill in between must not pair old tables with
@@ -205,10 +205,13 @@ def is_done(out: Path, vid: int, consolidated: "Consolidated | None" = None, ret
     return True
 
 
+OLD_PART_KEYS = {"faces": "visual"}  # part files written before the visual input had one name for crops and features
+
+
 def read_part(out: Path, vid: int) -> dict:
     ok_path, _ = part_paths(out, vid)
     with np.load(ok_path) as z:
-        data = {k: z[k] for k in z.files}
+        data = {OLD_PART_KEYS.get(k, k): z[k] for k in z.files}
     data["meta"] = json.loads(data["meta"].tobytes().decode())
     return data
 
@@ -280,7 +283,8 @@ def consolidate(out: Path, videos: list[Video], classes: list[str], settings: di
         ok_path, fail_path = part_paths(out, vid)
         if ok_path.exists():
             with np.load(ok_path) as z:
-                n_visual += len(z["visual"]) if "visual" in z.files else 0
+                key = next((k for k in ("visual", "faces") if k in z.files), None)  # "faces": a part of the version before
+                n_visual += len(z[key]) if key else 0
                 n_specs += len(z["specs"]) if "specs" in z.files else 0
             parts[vid] = lambda vid=vid: read_part(out, vid)
         elif vid in previous.ok:
@@ -360,22 +364,34 @@ class ConsolidationLock:
         self.held = False
 
     def acquire(self, steal: bool = False) -> bool:
-        import socket
-
-        me = f"{socket.gethostname()}:{os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if steal and self._holder_is_dead():
-                    self.path.unlink(missing_ok=True)
-                    continue
-                return False
-            with os.fdopen(fd, "w") as fh:
-                fh.write(me)
-            self.held = True
+        if self._create():
             return True
-        return False
+        if not steal:
+            return False
+        # Taking over a dead holder's lock: processes of one machine that all see it dead take turns
+        # (an flock on a file beside it, released by the kernel if one dies), and each looks again
+        # once it has its turn, so only the first replaces the lock; a later one finds it alive.
+        import fcntl
+
+        with open(self.path.with_name(self.path.name + ".takeover"), "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)
+            try:
+                if self.path.exists() and not self._holder_is_dead():
+                    return False
+                self.path.unlink(missing_ok=True)
+                return self._create()
+            finally:
+                fcntl.flock(turn, fcntl.LOCK_UN)
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{socket.gethostname()}:{os.getpid()}")
+        self.held = True
+        return True
 
     def holder(self) -> str:
         try:
@@ -384,8 +400,6 @@ class ConsolidationLock:
             return "unknown"
 
     def _holder_is_dead(self) -> bool:
-        import socket
-
         host, _, pid = self.holder().rpartition(":")
         if host != socket.gethostname() or not pid.isdigit():
             return False  # another machine's process: it cannot be checked from here

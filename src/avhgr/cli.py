@@ -12,6 +12,19 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audio-visual emotion recognition with Soft-HGR.")
 
 
+def _version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"avhgr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """Audio-visual emotion recognition with Soft-HGR."""
+
+
 def fail(message: str, code: int = 2):
     typer.secho(f"error: {message}", fg="red", err=True)
     raise typer.Exit(code)
@@ -67,6 +80,10 @@ def preprocess(
                                         "auto: K and N from a SLURM job array or torchrun. The process that finds every share done consolidates."),
     visual_features: Optional[Path] = typer.Option(None, help="Facial features instead of face crops: a CSV with a row per recording "
                                                    "(column 'file': its path under --root) or a folder of OpenFace per-frame CSVs."),
+    feature_columns: Optional[str] = typer.Option(None, help="With --visual-features: the feature columns, comma-separated "
+                                                  "(default: OpenFace's action units by name, AU01_r ... AU45_c)."),
+    allow_partial_features: bool = typer.Option(False, help="With --visual-features: accept a table that names fewer than 90 % of "
+                                                "the recordings (the others get no visual input)."),
 ):
     """Cut every video into windows: face crops (MTCNN) and log-Mel spectrograms, into a cache."""
     from .datasets import index_dataset, select_emotions
@@ -75,6 +92,8 @@ def preprocess(
     from .visual_features import open_table
 
     with errors_reported("preprocess", out):
+        if (feature_columns or allow_partial_features) and visual_features is None:
+            fail("--feature-columns and --allow-partial-features go with --visual-features")
         videos, classes = select_emotions(index_dataset(dataset, root, annotations), emotions)
         if not videos:
             fail(f"{root}: no videos of the classes {', '.join(classes)}")
@@ -84,7 +103,8 @@ def preprocess(
         )  # fmt: skip
         report = run_preprocess(
             videos, classes, out, settings, root, dataset, workers or default_workers(), device, overwrite, retry_failed=retry_failed,
-            shard=parse_shard(shard), features=open_table(visual_features) if visual_features else None,
+            shard=parse_shard(shard), features=open_table(visual_features, columns=feature_columns.split(",") if feature_columns else None,
+                                allow_partial=allow_partial_features) if visual_features else None,
         )  # fmt: skip
     if not report.get("complete", True):
         k, n = report["shard"]
@@ -122,16 +142,19 @@ def inspect(
 def train(
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Run folder to write."),
-    corr: str = typer.Option("fgh", help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
-    lam: float = typer.Option(1.0, help="λ, the weight of the correlation loss."),
-    fusion_layers: int = typer.Option(2, help="Hidden layers of the fusion network: 1, 2 or 4."),
-    epochs: int = typer.Option(100, help="Epochs of the joint stage (and of stage 1 unless --pretrain-epochs)."),
-    pretrain_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone)."),
+    corr: Optional[str] = typer.Option(None, help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
+    lam: Optional[float] = typer.Option(None, help="λ, the weight of the correlation loss."),
+    fusion_layers: Optional[int] = typer.Option(None, help="Hidden layers of the fusion network: 1, 2 or 4."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone; a unimodal model's)."),
+    joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (joint) after its fusion warm-up."),
+    pretrain_epochs: Optional[int] = typer.Option(None, hidden=True),
+    joint_windows: Optional[str] = typer.Option(None, help="Windows per video each stage-2 epoch: all, or N drawn anew."),
+    val_windows: Optional[str] = typer.Option(None, help="Windows per validation video: all, or the first N."),
     batch_size: Optional[int] = typer.Option(None, help="Windows per optimiser step (default: the recipe's, 64; the paper's 90)."),
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
-    backbone: str = typer.Option("resnet50", help="resnet18 | resnet34 | resnet50 | resnet101"),
+    backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101"),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
     split: str = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
@@ -147,7 +170,7 @@ def train(
     feature_norm: Optional[str] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
     lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
     fusion_warmup: Optional[int] = typer.Option(None, help="Epochs before stage 2 in which only the fusion network learns (CE alone)."),
-    stage2_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
+    joint_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
     schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
     windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch (default: the recipe's, 20; the paper's all)."),
@@ -165,13 +188,18 @@ def train(
 
     if folds is not None and fold is None:
         fail("--folds needs --fold (the fold of that cross-validation to train)")
+    if pretrain_epochs is not None:  # the old spelling: --pretrain-epochs P [--epochs E] is --epochs P [--joint-epochs E]
+        typer.secho("note: --pretrain-epochs is now --epochs (stage 1), and stage 2's epochs are --joint-epochs", fg="yellow", err=True)
+        if joint_epochs is None and epochs is not None:
+            joint_epochs = epochs
+        epochs = pretrain_epochs
     with errors_reported("train", out):
         cfg = TrainConfig(
-            cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs,
-            pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
+            cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs, joint_epochs=joint_epochs,
+            joint_windows=joint_windows, val_windows=val_windows, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
             split=split, fold=fold, folds=folds or 6, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,
-            keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, fusion_warmup=fusion_warmup, stage2_lr=stage2_lr,
+            keep_states=keep_states, recipe=recipe, feature_norm=feature_norm, lam_warmup=lam_warmup, fusion_warmup=fusion_warmup, joint_lr=joint_lr,
             weight_decay=weight_decay, schedule=schedule, windows_per_epoch=windows_per_epoch, spec_augment=spec_augment,
             face_augment=face_augment, level=level, evidence=evidence, feature_noise=feature_noise, modality_dropout=modality_dropout,
         )  # fmt: skip
@@ -218,7 +246,7 @@ NO_EMOTION_EXIT = 3  # predict: a file had no face and no speech the model could
 @app.command()
 def predict(
     files: list[Path] = typer.Argument(..., help="Video (or audio) files."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A run folder made by `avhgr train` (default: the built-in speech model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="builtin (default: face and voice experts), builtin:speech, builtin:face, or a run folder of `avhgr train`."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per file."),
     timeline: bool = typer.Option(False, help="Add each window's time and prediction."),
     hop: Optional[float] = typer.Option(None, help="Windows every HOP seconds over the whole file (a regular timeline; default: random windows as in training)."),
@@ -291,7 +319,7 @@ def predict(
 @app.command()
 def watch(
     source: str = typer.Argument(..., help="A camera device, a stream URL, a file, or - for a stream on standard input."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A run folder made by `avhgr train` (default: the built-in speech model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="builtin (default: face and voice experts), builtin:speech, builtin:face, or a run folder of `avhgr train`."),
     hop: Optional[float] = typer.Option(None, help="Seconds between windows (default: the window length, 0.5 s)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Input format where FFmpeg cannot guess it: v4l2 (Linux camera), avfoundation, dshow, mpegts ..."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per window."),
@@ -356,7 +384,7 @@ def study(
     runs: Optional[int] = typer.Option(None, help="Seeds per cell (paper: 5)."),
     seed: int = typer.Option(0),
     epochs: Optional[int] = typer.Option(None, help="Epochs per stage (paper: 100)."),
-    pretrain_epochs: Optional[int] = typer.Option(None),
+    joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
     backbone: Optional[str] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
@@ -375,7 +403,7 @@ def study(
     if name not in STUDIES:
         fail(f"unknown study {name!r}: stability, missing or semi")
     given = {k: v for k, v in dict(
-        runs=runs, epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, backbone=backbone,
+        runs=runs, epochs=epochs, joint_epochs=joint_epochs, batch_size=batch_size, lr=lr, backbone=backbone,
         layers=tuple(int(x) for x in layers.split(",")) if layers else None, lams=_floats(lams) if lams else None,
         rates=_floats(rates) if rates else None, fractions=_floats(fractions) if fractions else None,
     ).items() if v is not None}  # fmt: skip
@@ -385,6 +413,25 @@ def study(
         out.mkdir(parents=True, exist_ok=True)
         STUDIES[name](opt)
     typer.echo(f"wrote {out / (name + '.md')}, {out / (name + '.csv')}" + (f", {out / (name + '.png')}" if name != "semi" else ""))
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", help="builtin (face and voice), builtin:speech, builtin:face, or a run folder."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface; think before you do)."),
+    port: int = typer.Option(7860, help="Port to listen on."),
+    max_upload_mb: float = typer.Option(50.0, help="Largest upload accepted, in MB (larger: 413)."),
+    workers: int = typer.Option(1, help="Requests computed at once (one model in memory)."),
+    queue: int = typer.Option(8, help="Requests that may wait; past them: 503 with Retry-After."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+):
+    """A page and an HTTP API for the model: drop a file or record from the camera, see the emotion over time."""
+    from .serve import serve as run_server
+
+    if workers < 1 or queue < 0 or max_upload_mb <= 0:
+        fail("--workers must be at least 1, --queue at least 0 and --max-upload-mb positive")
+    with errors_reported("serve"):
+        run_server(model, host, port, max_upload_mb, workers, queue, device, log=lambda m: typer.echo(m, err=True))
 
 
 def main():

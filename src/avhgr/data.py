@@ -21,30 +21,59 @@ import numpy as np
 import torch
 
 from .cache import Cache
+from .config import LEVELS
 from .features import SPEECH_FLATNESS, SPEECH_LEVEL_DB, SPEECH_SHARE, has_speech
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PREFETCH = 4  # batches read ahead of the one being computed
-LEVELS = ("absolute", "recording", "window")
 FACTS_FILE = "spectrogram_facts.npz"
 FACTS_VERSION = f"1:{SPEECH_LEVEL_DB}:{SPEECH_FLATNESS}:{SPEECH_SHARE}:p95"  # computed again when these change
 
 
+FOLD_SEED = 0  # the one shuffle that makes the folds (fold k of actor tests actors 03 and 10 of RAVDESS 1-12 for k = 0)
+
+
 def split_videos(
     labels: dict[int, int], subjects: dict[int, str], method: str = "random", seed: int = 0, val: float = 0.15, test: float = 0.15,
-    fold: int | None = None, folds: int = 6,
+    fold: int | None = None, folds: int = 6, partition: str = "fixed",
 ) -> dict[str, list[int]]:
-    """``fold`` (with ``actor``): the subjects, shuffled by ``seed``, fall into ``folds`` groups;
-    fold k tests on group k, validates on group k + 1 and trains on the rest, so the test groups
-    of folds 0 .. folds-1 partition the subjects (leave-subjects-out cross-validation)."""
+    """The videos of train, validation and test.
+
+    Without ``fold``: ``random`` puts 70 / 15 / 15 % of each class's videos (shuffled by ``seed``)
+    in the three parts (the paper's protocol), ``actor`` whole subjects (about 15 % of them each for
+    validation and test). With ``fold`` k: a cross-validation whose ``folds`` parts partition the
+    subjects (``actor``) or each class's videos (``random``) once, whatever the seed (``partition``
+    "fixed"): fold k tests on part k, validates on part k + 1 and trains on the rest, so folds
+    0 .. folds-1 test every subject (or video) exactly once, and the seed changes only initialisation,
+    window draws and batch order. ``partition`` "seeded" is how runs made before shuffled the parts
+    by ``seed`` (their folds overlap across seeds); only their run folders need it."""
+    if fold is not None and method not in ("actor", "random"):
+        raise ValueError("--fold needs --split actor or random")
+    if partition not in ("fixed", "seeded"):
+        raise ValueError(f"unknown fold partition {partition!r}")
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     if method == "all":  # a final model, once cross-validation has chosen the settings
         return {"train": sorted(labels), "val": [], "test": []}
+    fold_rng = np.random.default_rng(FOLD_SEED if partition == "fixed" else seed)
+
+    def fold_groups(items: list, shuffle: np.random.Generator) -> dict:
+        items = list(items)
+        shuffle.shuffle(items)
+        chunks = np.array_split(np.arange(len(items)), folds)
+        part = {int(i): "test" for i in chunks[fold]} | {int(i): "val" for i in chunks[(fold + 1) % folds]}
+        return {x: part.get(i, "train") for i, x in enumerate(items)}
+
     if method == "random":
         for label in sorted(set(labels.values())):
             vids = sorted(v for v, l in labels.items() if l == label)
+            if fold is not None:
+                if folds > len(vids):
+                    raise ValueError(f"--folds {folds}: class {label} has only {len(vids)} videos")
+                for v, where in fold_groups(vids, fold_rng).items():
+                    parts[where].append(v)
+                continue
             rng.shuffle(vids)
             n_test = int(round(test * len(vids)))
             n_val = int(round(val * len(vids)))
@@ -55,14 +84,12 @@ def split_videos(
         people = sorted(set(subjects[v] for v in labels))
         if len(people) < 3:
             raise ValueError(f"--split actor needs at least 3 subjects, the cache has {len(people)}")
-        rng.shuffle(people)
         if fold is not None:
             if not 0 <= fold < folds or folds < 3 or folds > len(people):
                 raise ValueError(f"--fold {fold} of --folds {folds}: need 0 <= fold < folds and 3 <= folds <= {len(people)} subjects")
-            chunks = np.array_split(np.arange(len(people)), folds)
-            part = {int(i): "test" for i in chunks[fold]} | {int(i): "val" for i in chunks[(fold + 1) % folds]}
-            group = {p: part.get(i, "train") for i, p in enumerate(people)}
+            group = fold_groups(people, fold_rng)
         else:
+            rng.shuffle(people)
             n_test = max(1, int(round(test * len(people))))
             n_val = max(1, int(round(val * len(people))))
             group = {p: ("test" if i < n_test else "val" if i < n_test + n_val else "train") for i, p in enumerate(people)}
@@ -70,8 +97,6 @@ def split_videos(
             parts[group[subjects[v]]].append(v)
     else:
         raise ValueError(f"unknown split {method!r}: random, actor or all")
-    if fold is not None and method != "actor":
-        raise ValueError("--fold needs --split actor")
     return {k: sorted(v) for k, v in parts.items()}
 
 

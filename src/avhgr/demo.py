@@ -204,11 +204,11 @@ def corpus_and_cache(out: Path, spec: CorpusSpec = DEMO_CORPUS, progress: bool =
     return videos, run_preprocess(videos, classes, out / "cache", DEMO_FEATURES, manifest, "csv", workers=default_workers(), progress=progress)
 
 
-def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, pretrain_epochs: int = 6, amp: bool | None = None,
+def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, joint_epochs: int = 6, amp: bool | None = None,
              log=print) -> dict:  # fmt: skip
     """Corpus -> preprocess -> audio-only, visual-only, baseline, fg, fgh -> table, predict, report."""
     from .cache import Cache
-    from .distributed import fast_amp
+    from .precision import default_amp
     from .plots import contact_sheet
     from .predict import Predictor
     from .train import TrainConfig, train_owned
@@ -223,15 +223,15 @@ def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, pretrai
     videos, report = corpus_and_cache(out, spec)
     log(f"      {report['videos_ok']} videos, faces found in {100 * report['face_found_rate']:.1f} % of windows")
     contact_sheet(Cache.open(out / "cache"), out / "contact_sheet.png", per_class=2)
-    amp = fast_amp("cpu") if amp is None else amp  # TrainConfig's own rule, resolved here to say it
+    amp = default_amp("cpu") if amp is None else amp  # TrainConfig's own rule, resolved here to say it
     log(f"[3/5] training on the CPU with a small backbone (ResNet-18, 64 px faces, {'bf16' if amp else 'float32'}); the paper's is ResNet-50")
-    common = dict(cache=str(out / "cache"), backbone="resnet18", batch_size=32, lr=1e-3, epochs=epochs, pretrain_epochs=pretrain_epochs,
-                  device="cpu", seed=0, amp=amp)  # fmt: skip
+    common = dict(cache=str(out / "cache"), backbone="resnet18", batch_size=32, lr=1e-3, epochs=epochs, device="cpu", seed=0, amp=amp)
     runs = out / "runs"
     results = {}
     quiet = lambda *a, **k: None  # noqa: E731
     for name, extra in DEMO_MODELS:
         t0 = time.time()
+        extra = extra if "modalities" in extra else {**extra, "joint_epochs": joint_epochs}
         folder = runs / name.split(" (")[0].replace(" ", "_")
         init = dict(init_from=str(runs / "baseline")) if name != "baseline" else {}
         res = train_owned(TrainConfig(out=str(folder), **common, **extra, **init), log=quiet)
@@ -251,7 +251,7 @@ def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, pretrai
     pct = lambda x: "" if x is None else f"{100 * x:.1f} %"  # noqa: E731
     table = ["| model | test video accuracy | test window accuracy | last epoch's test video accuracy | stage-2 epoch kept | "
              "L_corr at the first joint step |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    kept = lambda v: "" if v["best_epoch"] is None else f"{v['best_epoch']} of {epochs}"  # noqa: E731
+    kept = lambda v: "" if v["best_epoch"] is None else f"{v['best_epoch']} of {joint_epochs}"  # noqa: E731
     corr = lambda v: "" if v["first_step_corr"] is None else f"{v['first_step_corr']:+.2f}"  # noqa: E731
     table += [f"| {k} | {pct(v['video_accuracy'])} | {pct(v['window_accuracy'])} | {pct(v['last_epoch_video_accuracy'])} | {kept(v)} | {corr(v)} |"
               for k, v in results.items()]  # fmt: skip

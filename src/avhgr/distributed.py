@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import RunError
+
 # torch.distributed.nn.functional (collectives that carry gradients) is marked deprecated in favour
 # of private functional collectives; it is the public API that works on gloo and NCCL alike.
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional", category=FutureWarning)
@@ -46,13 +48,19 @@ class DistInfo:
 
 
 def setup(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (nothing when run alone)."""
+    """Join the process group torchrun describes in the environment (nothing when run alone). On
+    CUDA the process's GPU (``LOCAL_RANK``) is made its current device first, before any
+    collective: NCCL puts a collective's tensors on the current device, and two ranks on one GPU
+    are refused or hang."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 
 def gather_rows(x: torch.Tensor, info: DistInfo, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
@@ -100,33 +108,14 @@ def broadcast(value, info: DistInfo):
 
 def resolve_device(device: str) -> torch.device:
     """``auto``: the GPU when there is one, else the CPU."""
-    from .runs import RunError
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
-def fast_amp(device: str | torch.device = "auto") -> bool:
-    """Whether bf16 autocast is the faster choice on ``device``: on CUDA, and on CPUs that compute
-    bfloat16 natively (what make demo, make model and bench/learning.py use by default)."""
-    device = resolve_device(device) if isinstance(device, str) else device
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): there bf16 autocast
-    trains a ResNet 2-2.5x faster than float32; on other CPUs it is emulated, and slower."""
-    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):  # torch's private cpuinfo helpers
-        check = getattr(torch.cpu, name, None)
-        try:
-            if check is not None and check():
-                return True
-        except Exception:  # noqa: BLE001 - an unknown CPU: float32 is always right
-            pass
-    return False
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise RunError(f"--device {device}: not a device (auto, cpu, cuda or cuda:N)") from exc
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -17,6 +17,22 @@ class UserError(Exception):
     """A file, a folder or a setting that cannot be used as asked (one line, exit 2)."""
 
 
+class RunError(UserError, RuntimeError):
+    """A run folder or a training setting that cannot be used as asked."""
+
+
+class SettingsChanged(RunError):
+    """A run folder asked to continue (or read back) under other settings than it was started with."""
+
+    def __init__(self, path, changed: list[str]):
+        self.path, self.changed = str(path), list(changed)
+        super().__init__(f"{path}: --resume with other settings than the run was started with ({', '.join(changed)}); "
+                         "use another --out, or the settings it was started with")  # fmt: skip
+
+    def __reduce__(self):  # picklable with its fields (broadcast between processes)
+        return SettingsChanged, (self.path, self.changed)
+
+
 def log_bug(log: Path, what: str | Path, exc: BaseException) -> str:
     """Append ``exc``'s traceback to ``log`` (one write: processes append whole entries) under the
     heading ``what``; the one-line reason to show the user."""

@@ -15,8 +15,6 @@ A missing modality's feature is set to exactly zero before the concatenation.
 
 from __future__ import annotations
 
-from .errors import UserError
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tv_models
 
+from .config import BACKBONES, FEATURE_NORMS, MODALITIES
 from .distributed import is_collective
+from .errors import UserError
 
 if TYPE_CHECKING:
     from .data import Batch
 
 FEATURE_DIM = 512
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-MODALITIES = ("audio", "visual")
 
 
 class PretrainedWeightsError(UserError, RuntimeError):
@@ -129,15 +127,15 @@ class ModalityNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, modality: str, backbone: str = "resnet50", pretrained: str | Path | None = "none",
-                 visual_features: int | None = None):  # fmt: skip
+                 feature_dim: int | None = None):  # fmt: skip
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"modality must be audio or visual, got {modality!r}")
         self.modality = modality
         self.modalities = (modality,)  # the inputs a window must have to be used
-        self.visual_features = visual_features if modality == "visual" else None
+        self.feature_dim = feature_dim if modality == "visual" else None
         self.backbone_name = backbone
-        self.backbone = FeatureNet(visual_features) if self.visual_features else build_backbone(backbone, pretrained)
+        self.backbone = FeatureNet(feature_dim) if self.feature_dim else build_backbone(backbone, pretrained)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
     def input(self, batch: "Batch") -> Tensor:
@@ -177,9 +175,6 @@ class FusionNet(nn.Module):
         return self.out(self.hidden(x))
 
 
-FEATURE_NORMS = ("none", "batch", "rescale")
-
-
 class AVHGRModel(nn.Module):
     """The joint model of stage 2: visual and audio networks, label network, fusion network.
 
@@ -206,14 +201,14 @@ class AVHGRModel(nn.Module):
         fusion_layers: int = 2,
         pretrained: str | Path | None = "none",
         feature_norm: str = "none",
-        visual_features: int | None = None,
+        feature_dim: int | None = None,
     ):
         super().__init__()
         if feature_norm not in FEATURE_NORMS:
             raise ValueError(f"feature_norm must be one of {', '.join(FEATURE_NORMS)}, got {feature_norm!r}")
         self.num_classes = num_classes
         self.feature_norm = feature_norm
-        self.visual = ModalityNet(num_classes, "visual", backbone, pretrained, visual_features)
+        self.visual = ModalityNet(num_classes, "visual", backbone, pretrained, feature_dim)
         self.audio = ModalityNet(num_classes, "audio", backbone, pretrained)
         self.label = nn.Linear(num_classes, FEATURE_DIM)
         self.fusion = FusionNet(num_classes, fusion_layers)
@@ -260,12 +255,16 @@ class AVHGRModel(nn.Module):
         self.train(was_training)
 
     @staticmethod
-    def _features(net: ModalityNet, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor, then=lambda t: t) -> Tensor:
+    def _features(net: ModalityNet, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor, then=lambda t: t,
+                  collective: bool = False) -> Tensor:  # fmt: skip
         """Features of the present rows only; absent rows stay exactly zero.
 
         Absent rows are not run through the network at all, so their (arbitrary) input
         never touches BatchNorm statistics. ``present`` is a CPU tensor (as batches carry it):
-        which rows to run is then decided without waiting for the device.
+        which rows to run is then decided without waiting for the device. ``collective``: the
+        network or ``then`` holds a global BatchNorm (DDP), a collective in forward and backward:
+        a process whose slice has no row of this modality must still run them, on zero rows, and
+        keep them in the graph, or the others wait for it forever.
         """
         if x is None:
             return ref.new_zeros(n, FEATURE_DIM)
@@ -275,11 +274,8 @@ class AVHGRModel(nn.Module):
         if bool(present.all()):
             return then(net.features(x))
         out = ref.new_zeros(n, FEATURE_DIM)
-        # A global BatchNorm (DDP) is a collective in forward and backward: a process whose
-        # slice has no row of this modality must still run the network, on zero rows, and keep
-        # it in the graph, or the others wait for it forever. Plain BatchNorm must not see an
-        # empty batch (its running statistics would become NaN).
-        if present.any() or (net.training and is_collective(net)):
+        # Plain BatchNorm must not see an empty batch (its running statistics would become NaN).
+        if present.any() or collective:
             rows = torch.nonzero(present).flatten().to(x.device, non_blocking=True)
             feats = then(net.features(x.index_select(0, rows)))
             out = out.to(feats.dtype).index_copy(0, rows, feats)
@@ -287,9 +283,13 @@ class AVHGRModel(nn.Module):
 
     def _feature(self, modality: str, x: Tensor | None, present: Tensor | None, n: int, ref: Tensor) -> Tensor:
         """f or g: the present rows' features, normalised (``feature_norm``) over those rows only;
-        absent rows zero."""
+        absent rows zero. Whether a collective is in the path is decided here, per step, for every
+        module of it: the network (a ResNet's BatchNorm) and the feature normalisation (an MLP over
+        facial features has no BatchNorm, but ``feature_norm`` batch has one after it)."""
         net = self.visual if modality == "visual" else self.audio
-        return self._features(net, x, present, n, ref, then=lambda feats: self._normalise(modality, feats))
+        norm_collective = self.feature_norm == "batch" and is_collective(self.norm[modality])
+        collective = self.training and (is_collective(net) or norm_collective)
+        return self._features(net, x, present, n, ref, then=lambda feats: self._normalise(modality, feats), collective=collective)
 
     def freeze_unused(self, corr: str = "none", trains: str = "all") -> None:
         """Only what a stage trains learns: the stage-1 classifier heads play no part in the joint
@@ -326,7 +326,7 @@ class AVHGRModel(nn.Module):
         """The joint model, its visual and audio networks starting from stage 1's."""
         audio, visual = nets["audio"], nets["visual"]
         model = cls(audio.head.out_features, audio.backbone_name, fusion_layers, feature_norm=feature_norm,
-                    visual_features=visual.visual_features)  # fmt: skip
+                    feature_dim=visual.feature_dim)  # fmt: skip
         model.visual.load_state_dict(visual.state_dict())
         model.audio.load_state_dict(audio.state_dict())
         return model
@@ -338,5 +338,5 @@ def build_model(card: dict) -> nn.Module:
     features = card.get("visual_input", {}).get("columns")
     dim = len(features) if features else None
     if len(modalities) == 2:
-        return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"), visual_features=dim)
-    return ModalityNet(classes, modalities[0], card["backbone"], visual_features=dim)
+        return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"), feature_dim=dim)
+    return ModalityNet(classes, modalities[0], card["backbone"], feature_dim=dim)

@@ -25,9 +25,11 @@ import torch
 from .data import host_batch, level_offsets
 from .distributed import resolve_device
 from .evaluate import window_probabilities
+from .errors import RunError
 from .features import FeatureSettings, has_speech
-from .preprocess import make_cropper, process_file
-from .runs import RunError, load_model
+from .precision import inference_amp
+from .preprocess import make_cropper, process_arrays, process_file
+from .runs import load_model
 
 PREDICT_BATCH = 64  # windows per forward pass
 
@@ -54,14 +56,17 @@ class Predictor:
         if windows is not None and windows < 1:
             raise RunError(f"windows must be at least 1, not {windows}")
         self.device = resolve_device(device)
-        if run is None:
-            from .builtin import builtin_model_dir
+        from .builtin import is_builtin, load_builtin
 
-            run = builtin_model_dir()
-            self.description = "built-in speech model, audio only"
+        self.name = str(run) if run is not None else "builtin"
+        if is_builtin(run):
+            self.model, card, self.description = load_builtin(run, self.device)
         else:
+            refuse_seed_folder(Path(run))
+            self.model, card = load_model(run, self.device)
             self.description = f"model {run}"
-        self.model, card = load_model(run, self.device)
+        self.card = card
+        self.amp = inference_amp(card.get("amp"), self.device)  # the run's precision where this device computes it natively
         self.classes: list[str] = card["classes"]
         self.modalities: list[str] = card["modalities"]
         self.audio_stats = tuple(card["audio_stats"])
@@ -79,7 +84,7 @@ class Predictor:
             else:
                 from .visual_features import open_table
 
-                self.features = open_table(visual_features, match="end")  # a file anywhere whose path ends in a row's file
+                self.features = open_table(visual_features, match="end", columns=visual_input["columns"])  # a file anywhere whose path ends in a row's file
                 if self.features.columns != visual_input["columns"]:
                     raise RunError(f"{visual_features}: its feature columns ({', '.join(self.features.columns[:4])} ...) are not the "
                                    f"model's ({', '.join(visual_input['columns'][:4])} ...)")  # fmt: skip
@@ -124,7 +129,16 @@ class Predictor:
         reader = SimpleNamespace(read=lambda r: host_batch(
             None if faces is None else faces[r], None if specs is None else specs[r], visual[r], audio[r], self.audio_stats,
             spec_level=None if specs is None else levels[r], visual_stats=self.feature_stats))  # fmt: skip
-        probs[rows] = window_probabilities(self.model, reader, rows, self.device, PREDICT_BATCH)
+        experts = hasattr(self.model, "trace")  # the built-in model: keep what each expert said
+        if experts:
+            self.model.trace = []
+        probs[rows] = window_probabilities(self.model, reader, rows, self.device, PREDICT_BATCH, self.amp)
+        self.expert_probs = None
+        if experts:
+            self.expert_probs = {k: np.full((n, *np.shape(self.model.trace[0][k])[1:]), np.nan, np.float32) for k in self.model.trace[0]}
+            for k in self.expert_probs:
+                self.expert_probs[k][rows] = np.concatenate([t[k] for t in self.model.trace])
+            self.model.trace = None
         return probs, used
 
     # ---- a file
@@ -134,6 +148,23 @@ class Predictor:
         needs_video = "visual" in self.modalities
         cropper = _LazyCropper(self) if needs_video and self.feature_stats is None else None
         raw = process_file(path, self.settings, cropper, key=Path(path).name, hop=hop, features=self.features)
+        if self.features is not None:
+            raw["meta"]["features_matched"] = bool(raw["meta"]["has_video"])
+        return self._windows(raw)
+
+    def windows_of_arrays(self, samples, sample_rate, frames=None, frame_times=None, hop: float | None = None) -> tuple[Windows, dict]:
+        """``windows_of_file`` for decoded media (``preprocess.process_arrays``)."""
+        if self.feature_stats is not None:
+            raise RunError("this model looks at facial features of a table: give it files (their rows are found by name), not arrays")
+        cropper = _LazyCropper(self) if "visual" in self.modalities else None
+        try:
+            raw = process_arrays(samples, sample_rate, frames, frame_times, self.settings, cropper, hop)
+        except ValueError as exc:
+            raise RunError(str(exc)) from exc
+        return self._windows(raw)
+
+    def _windows(self, raw: dict) -> tuple[Windows, dict]:
+        needs_video = "visual" in self.modalities
         n = len(raw["starts"])
         specs = raw.get("specs")
         if self.feature_stats is not None and self.features is None:
@@ -150,8 +181,23 @@ class Predictor:
         if hop is not None and hop <= 0:
             raise RunError(f"--hop must be positive, not {hop}")
         w, meta = self.windows_of_file(path, hop)
+        return self.result_of(str(path), w, meta, timeline, keep_faces)
+
+    def predict_arrays(self, samples=None, sample_rate=None, frames=None, frame_times=None, timeline: bool = False, hop: float | None = None,
+                       name: str = "<arrays>") -> dict:  # fmt: skip
+        """``predict_file`` for decoded media: audio ``samples`` at ``sample_rate``, RGB ``frames`` at ``frame_times``."""
+        if hop is not None and hop <= 0:
+            raise RunError(f"hop must be positive, not {hop}")
+        w, meta = self.windows_of_arrays(samples, sample_rate, frames, frame_times, hop)
+        return self.result_of(name, w, meta, timeline)
+
+    def result_of(self, name: str, w: Windows, meta: dict, timeline: bool = False, keep_faces: bool = False):
         probs, used = self.probabilities(w)
-        result = self.summary(str(path), w, probs, used, meta)
+        result = self.summary(name, w, probs, used, meta)
+        if "features_matched" in meta:
+            result["features_matched"] = meta["features_matched"]
+            if not meta["features_matched"]:
+                result["note"] = "no row of the feature table names this file: its visual input is missing"
         if timeline:
             result["timeline"] = self.timeline(w, probs)
         if keep_faces:
@@ -174,6 +220,9 @@ class Predictor:
             "speech_rate": round(float(w.speech.mean()), 4) if has_audio and len(w.starts) and "audio" in self.modalities else None,
             "missing": [m for m, ok in (("visual", has_video), ("audio", has_audio)) if not ok and m in self.modalities],
         }
+        experts = getattr(self, "expert_probs", None)
+        if experts is not None:  # the built-in model: how many windows each expert answered
+            result["experts"] = {name: int((~np.isnan(experts[name][:, 0])).sum()) for name in ("face", "voice")}
         if self.note:
             result["note"] = self.note
         if used.any():
@@ -194,15 +243,34 @@ class Predictor:
 
     def timeline(self, w: Windows, probs: np.ndarray) -> list[dict]:
         out = []
+        experts = getattr(self, "expert_probs", None)
+        as_dict = lambda row: None if row is None or np.isnan(row).any() else {c: round(float(p), 4) for c, p in zip(self.classes, row)}  # noqa: E731
         for i in np.argsort(w.starts, kind="stable"):
             ok = not np.isnan(probs[i, 0])
-            out.append({"start": round(float(w.starts[i]), 3), "end": round(float(w.starts[i] + self.settings.window_seconds), 3),
-                        "emotion": self.classes[int(probs[i].argmax())] if ok else None,
-                        "probability": round(float(probs[i].max()), 4) if ok else None,
-                        "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[i])} if ok else None,
-                        "face": bool(w.face[i]) if "visual" in self.modalities else None,
-                        "speech": bool(w.speech[i]) if "audio" in self.modalities else None})  # fmt: skip
+            entry = {"start": round(float(w.starts[i]), 3), "end": round(float(w.starts[i] + self.settings.window_seconds), 3),
+                     "emotion": self.classes[int(probs[i].argmax())] if ok else None,
+                     "probability": round(float(probs[i].max()), 4) if ok else None,
+                     "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[i])} if ok else None,
+                     "face": bool(w.face[i]) if "visual" in self.modalities else None,
+                     "speech": bool(w.speech[i]) if "audio" in self.modalities else None}  # fmt: skip
+            if experts is not None:  # which experts answered, and what each said
+                face, voice = as_dict(experts["face"][i]), as_dict(experts["voice"][i])
+                entry["experts"] = [name for name, said in (("face", face), ("voice", voice)) if said is not None]
+                entry["face_expert"], entry["voice_expert"] = face, voice
+                neutral = experts["face_neutral"][i]
+                entry["face_neutral"] = None if np.isnan(neutral) else round(float(neutral), 4)
+            out.append(entry)
         return out
+
+
+def refuse_seed_folder(folder: Path) -> None:
+    """A folder of seed runs (``train --runs N``) is not one model: say in one line which to give."""
+    if (folder / "model.json").exists():
+        return
+    seeds = sorted(p.parent.name for p in folder.glob("*/model.json"))
+    if seeds:
+        raise RunError(f"{folder}: a folder of {len(seeds)} runs ({', '.join(seeds[:3])}{' ...' if len(seeds) > 3 else ''}), not one model: "
+                       f"give one of them, e.g. --model {folder / seeds[0]}")  # fmt: skip
 
 
 class _LazyCropper:

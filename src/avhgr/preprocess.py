@@ -22,7 +22,7 @@ from .cache import (CacheError, Consolidated, ConsolidationLock, code_identity, 
                     retry_by_default, write_failure, write_part)  # fmt: skip
 from .datasets import Video
 from .decode import MediaError, probe, read_audio_windows, read_frames_at
-from .errors import log_bug
+from .errors import UserError, log_bug
 from .features import FeatureSettings, key_frame_times, log_mel, regular_window_starts, sample_window_starts, video_seed
 
 
@@ -62,6 +62,64 @@ def process_file(path: str | Path, settings: FeatureSettings, cropper, key: str 
     elif info.has_video and cropper is not None:
         result["visual"], result["face_found"] = crop_faces(path, key_times, cropper)
     result["meta"] = {"duration": info.duration, "has_audio": has_audio, "has_video": has_video}
+    return result
+
+
+def process_arrays(samples: np.ndarray | None, sample_rate: int | None, frames: list[np.ndarray] | None, frame_times=None,
+                   settings: FeatureSettings = FeatureSettings(), cropper=None, hop: float | None = None, key: str = "arrays") -> dict:  # fmt: skip
+    """``process_file`` for media a program has decoded itself: ``samples`` ((n,) or (n, channels),
+    float in [-1, 1] or int16) at ``sample_rate`` Hz, and ``frames`` (RGB (H, W, 3) uint8) shown at
+    ``frame_times`` seconds (default: 25 per second from 0). Either may be None. Raises ValueError
+    for arrays that cannot be media."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    audio = None
+    if samples is not None:
+        audio = np.asarray(samples)
+        if audio.dtype == np.int16:
+            audio = audio.astype(np.float32) / 32768.0
+        audio = audio.astype(np.float32)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=1)
+        if audio.ndim != 1 or not sample_rate or sample_rate <= 0:
+            raise ValueError(f"samples must be (n,) or (n, channels) with a positive sample rate; got {np.shape(samples)} at {sample_rate}")
+        if sample_rate != settings.sample_rate:
+            ratio = Fraction(settings.sample_rate, int(sample_rate)).limit_denominator(1000)
+            audio = resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
+        if not len(audio):
+            audio = None
+    if frames is not None and len(frames) == 0:
+        frames = None
+    if frames is not None:
+        frames = [np.asarray(f) for f in frames]
+        if any(f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8 for f in frames):
+            raise ValueError("frames must be RGB images, (height, width, 3) uint8")
+        frame_times = np.arange(len(frames)) / 25.0 if frame_times is None else np.asarray(frame_times, dtype=np.float64)
+        if frame_times.shape != (len(frames),):
+            raise ValueError(f"frame_times must give one time per frame ({len(frames)}); got {frame_times.shape}")
+    if audio is None and frames is None:
+        raise ValueError("no samples and no frames: nothing to look at or listen to")
+    duration = max(len(audio) / settings.sample_rate if audio is not None else 0.0,
+                   float(frame_times[-1]) + (float(np.median(np.diff(frame_times))) if len(frame_times) > 1 else 0.04) if frames is not None else 0.0)  # fmt: skip
+    if hop is not None:
+        starts = regular_window_starts(duration, hop, settings.window_seconds)
+    else:
+        starts = sample_window_starts(duration, settings.windows, settings.window_seconds, np.random.default_rng(video_seed(settings.seed, key)))
+    key_times = key_frame_times(starts, settings.window_seconds, duration)
+    result: dict = {"starts": starts, "key_times": key_times}
+    if audio is not None:
+        n = int(round(settings.window_seconds * settings.sample_rate))
+        windows = np.zeros((len(starts), n), np.float32)
+        for i, s in enumerate(np.round(starts * settings.sample_rate).astype(np.int64)):
+            part = audio[s : s + n]
+            windows[i, : len(part)] = part
+        result["specs"] = log_mel(windows, settings).astype(np.float16)
+    if frames is not None and cropper is not None:
+        nearest = [frames[int(np.argmin(np.abs(frame_times - t)))] for t in key_times]
+        result["visual"], result["face_found"] = cropper.crop_video(nearest, key_times)
+    result["meta"] = {"duration": duration, "has_audio": audio is not None, "has_video": frames is not None}
     return result
 
 
@@ -175,6 +233,8 @@ def _work(out: str, vid: int, path: str, rel_path: str) -> tuple[int, str | None
         return vid, None
     except MediaError as exc:
         reason = exc.reason
+    except UserError as exc:  # the user's file (a malformed feature table, say): named, not a bug
+        reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - any other failure of one file must not stop the run
         reason = _report_bug(Path(out), path, exc)
         write_failure(Path(out), vid, path, reason, code=code_identity())  # tried again once avhgr's code changed
@@ -276,6 +336,13 @@ def run_preprocess(
     consolidated = Consolidated(out)  # a reopened cache keeps its other videos in its arrays
     base = root if root.is_dir() else root.parent
     rel = [_relative(v.path, base) for v in videos]
+    coverage = None
+    if features is not None:  # before any work: a table keyed to another root is refused, not an audio-only cache
+        from .visual_features import check_coverage
+
+        coverage = check_coverage(features, [(v.path, r) for v, r in zip(videos, rel)])
+        if progress:
+            print(f"visual features for {coverage['matched']} of {coverage['files']} recordings ({features.source})", file=sys.stderr)
     mine = range(len(videos)) if shard is None else range(shard[0], len(videos), shard[1])
     todo = [i for i in mine if not is_done(out, i, consolidated, retry_failed)]
     t0 = time.time()
@@ -318,9 +385,12 @@ def run_preprocess(
     try:
         if (out / "COMPLETE").exists():  # another process finished it in the meantime
             return json.loads((out / "report.json").read_text())
-        return consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
+        report = consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
     finally:
         lock.release()
+    if coverage is not None:
+        report["visual_features_matched"] = {"recordings": coverage["matched"], "of": coverage["files"]}
+    return report
 
 
 def _relative(path: Path, base: Path) -> str:

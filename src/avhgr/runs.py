@@ -5,7 +5,8 @@
     metrics.csv        one row per epoch and stage (and TensorBoard logs in tb/)
     stage1_*.safetensors, stage2.safetensors   each stage's best weights
     stage1_*.final.safetensors                 stage 1's weights after its last epoch (its "last epoch" test)
-    *.last.pt          resume states (weights, Adam moments, metric history), deleted once done
+    stage2_warmup.safetensors                  the model after the fusion warm-up (runs started from this one take it)
+    *.resume.pt        resume states (weights, Adam moments, metric history), deleted once done
     model.safetensors + model.json             what prediction needs
     report.json        the test result, written last: its presence means the run is finished
 
@@ -14,8 +15,6 @@ Every write is atomic, so a run killed at any moment leaves the previous state w
 """
 
 from __future__ import annotations
-
-from .errors import UserError
 
 import csv
 import io
@@ -28,37 +27,11 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from .cache import Cache, atomic_write_bytes, atomic_write_text
+from .config import RESUME_FREE, upgrade
+from .errors import RunError, SettingsChanged
 from .models import build_model
 
 METRIC_FIELDS = ["stage", "epoch", "loss", "ce", "corr", "val_video_acc", "val_window_acc", "lr", "seconds"]
-# Settings that may differ between the start of a run and its resume (where it runs, and whether
-# its optimiser states are kept: neither changes what it computes).
-RESUME_FREE = ("device", "keep_states")
-# Settings added after runs were made, with what those runs did: an older config.json without
-# them reads as having them, so it still resumes and still starts other runs.
-LEGACY = {"feature_noise": 0.0, "modality_dropout": 0.0}
-
-
-def with_legacy(train_settings: dict) -> dict:
-    return {**LEGACY, **train_settings}
-
-
-class RunError(UserError, RuntimeError):
-    """A run folder or setting that cannot be used as asked."""
-
-
-class SettingsChanged(RunError):
-    """A run folder asked to continue (or read back) under other settings than it was started with."""
-
-    def __init__(self, path, changed: list[str]):
-        self.path, self.changed = str(path), list(changed)
-        super().__init__(f"{path}: --resume with other settings than the run was started with ({', '.join(changed)}); "
-                         "use another --out, or the settings it was started with")  # fmt: skip
-
-    def __reduce__(self):  # picklable with its fields (broadcast between processes)
-        return SettingsChanged, (self.path, self.changed)
-
-
 # --------------------------------------------------------------------------- weights and states
 
 
@@ -181,7 +154,7 @@ class RunFolder:
         if not resume:
             raise RunError(f"{self.path}: already holds a run; use --resume to continue it, or another --out")
         old = self.config()
-        was = with_legacy(old["train"])
+        was = upgrade(old["train"])
         changed = sorted(k for k in set(was) | set(settings["train"])
                          if k not in RESUME_FREE and was.get(k) != settings["train"].get(k))  # fmt: skip
         changed += [k for k in ("cache_settings", "init_weights") if old.get(k) != settings.get(k)]
@@ -210,8 +183,10 @@ class RunFolder:
         return self.file(f"{stage}.final.safetensors")
 
     def state_file(self, stage: str) -> Path:
-        """The stage's resume state (weights, optimiser, metric history), after its latest epoch."""
-        return self.file(f"{stage}.last.pt")
+        """The stage's resume state (weights, optimiser, metric history), after its latest epoch
+        (``*.last.pt`` in runs made before the name said what it is)."""
+        old = self.file(f"{stage}.last.pt")
+        return old if old.exists() else self.file(f"{stage}.resume.pt")
 
     def save_best(self, stage: str, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
         if self.writer:
@@ -276,12 +251,13 @@ class RunFolder:
         of a study leaves ~0.5 GB (ResNet-18) behind."""
         if keep or not self.writer:
             return
-        for path in self.path.glob("*.last.pt"):
-            path.unlink(missing_ok=True)
+        for pattern in ("*.resume.pt", "*.last.pt"):
+            for path in self.path.glob(pattern):
+                path.unlink(missing_ok=True)
         # The joint model's best weights are model.safetensors and its last epoch is in the report;
-        # stage-1 weights stay (--init-from).
+        # stage-1 weights and the warm-up's stay (--init-from takes them).
         if self.file("model.safetensors").exists():
-            for path in (self.best("stage2"), self.final("stage2"), self.best("stage2_warmup")):
+            for path in (self.best("stage2"), self.final("stage2")):
                 path.unlink(missing_ok=True)
 
 

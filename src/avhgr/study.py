@@ -38,11 +38,11 @@ class StudyOptions:
     out: str
     runs: int = 5
     seed: int = 0
-    epochs: int = 100
-    pretrain_epochs: int | None = None
+    epochs: int | None = None  # stage 1's (the recipe's)
+    joint_epochs: int | None = None  # stage 2's (the recipe's)
     batch_size: int | None = None  # the recipe's
     lr: float = 1e-3
-    backbone: str = "resnet50"
+    backbone: str | None = None  # the recipe's
     pretrained: str = "none"
     split: str = "random"
     device: str = "auto"
@@ -55,14 +55,15 @@ class StudyOptions:
     @classmethod
     def quick(cls, cache: str, out: str, **kw) -> "StudyOptions":
         """A smoke version: one seed, one epoch per stage, a ResNet-18, a reduced grid."""
-        base = dict(runs=1, epochs=1, pretrain_epochs=1, backbone="resnet18", batch_size=32,
+        base = dict(runs=1, epochs=1, joint_epochs=1, backbone="resnet18", batch_size=32,
                     layers=(1, 2), lams=(0.1, 1.0), fractions=(0.5, 1.0), rates=(0.0, 0.5))  # fmt: skip
         return cls(cache=cache, out=out, **{**base, **kw})
 
     def config(self, folder: str, seed: int, **kw) -> TrainConfig:
+        joint = kw.get("modalities", ("audio", "visual")) == ("audio", "visual")
         return TrainConfig(
             cache=self.cache, out=str(Path(self.out) / "runs" / folder / f"seed{seed}"), epochs=self.epochs,
-            pretrain_epochs=self.pretrain_epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
+            joint_epochs=self.joint_epochs if joint else None, batch_size=self.batch_size, lr=self.lr, seed=seed,
             backbone=self.backbone, pretrained=self.pretrained, split=self.split, device=self.device, recipe=self.recipe, **kw,
         )  # fmt: skip
 
@@ -205,12 +206,13 @@ def semi(opt: StudyOptions, log=print) -> dict:
         for seed in opt.seeds:
             base = opt.config(f"p{f}_baseline", seed, corr="none", fusion_layers=layers, labeled_fraction=frac)
             jobs.append((f"{f}/baseline/{seed}", base))
-            init = dict(init_from=base.out, labeled_fraction=frac, fusion_layers=layers)
+            init = dict(init_from=base.out, labeled_fraction=frac)
             jobs.append((f"{f}/audio/{seed}", opt.config(f"p{f}_audio", seed, modalities=("audio",), **init)))
             jobs.append((f"{f}/visual/{seed}", opt.config(f"p{f}_visual", seed, modalities=("visual",), **init)))
             for method in ("fg", "fgh"):
                 for lam in opt.lams:
-                    jobs.append((f"{f}/{method} (λ = {lam_name(lam)})/{seed}", opt.config(f"p{f}_{method}_lam{lam_name(lam)}", seed, corr=method, lam=lam, **init)))
+                    jobs.append((f"{f}/{method} (λ = {lam_name(lam)})/{seed}", opt.config(f"p{f}_{method}_lam{lam_name(lam)}", seed, corr=method, lam=lam,
+                                                                                           fusion_layers=layers, **init)))
     results = run_jobs(jobs, "semi-supervised", log)
     methods = ["audio", "visual", "baseline", *[f"{m} (λ = {lam_name(l)})" for m in ("fg", "fgh") for l in opt.lams]]
     rows, table = [], []
@@ -233,8 +235,8 @@ def semi(opt: StudyOptions, log=print) -> dict:
 
 def _settings_line(opt: StudyOptions) -> str:
     cfg = opt.config("settings", opt.seed)  # what the cells train with, the recipe's defaults resolved
-    return (f"Settings: cache `{Path(opt.cache).name}`, recipe {cfg.recipe}, {cfg.backbone}, {cfg.epochs} epochs "
-            f"(stage 1: {cfg.stage1_epochs}), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+    return (f"Settings: cache `{Path(opt.cache).name}`, recipe {cfg.recipe}, {cfg.backbone}, {cfg.epochs} epochs of stage 1 "
+            f"and {cfg.joint_epochs} of stage 2, batch {cfg.batch_size}, lr {cfg.lr:g}, "
             f"{cfg.windows_per_epoch} windows per file each epoch, {cfg.split} split, seeds {opt.seeds}")  # fmt: skip
 
 

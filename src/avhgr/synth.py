@@ -37,6 +37,7 @@ def write_media(
     """Write ``frames`` (H, W, 3 uint8) at ``fps`` (or at explicit ``frame_times`` in seconds,
     for variable frame rate) and ``audio`` ((channels, n) or (n,) float in [-1, 1])."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     vcodec, acodec = _CODECS[path.suffix.lower()]
     if frames is not None and vcodec is None:
         raise ValueError(f"{path.suffix} holds audio only")

@@ -25,11 +25,10 @@ folder and sends the others what they need.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,137 +36,18 @@ import torch
 
 from .augment import augment, drop_modalities
 from .cache import Cache, atomic_write_text
-from .data import LEVELS, WindowReader, device_batches, draw_windows, labeled_subset, split_videos
-from .distributed import DistInfo, GlobalBatchNorm, all_sum, barrier, broadcast, fast_amp, resolve_device, setup
-from .errors import UserError
+from .config import STAGE1_SETTINGS, WARMUP_SETTINGS, TrainConfig, cache_kind, upgrade
+from .data import WindowReader, device_batches, draw_windows, labeled_subset, split_videos
+from .distributed import DistInfo, GlobalBatchNorm, all_sum, barrier, broadcast, resolve_device, setup
+from .errors import RunError, SettingsChanged, UserError
 from .evaluate import evaluate_videos, metrics, window_probabilities
 from .losses import joint_objective
-from .models import BACKBONES, FEATURE_NORMS, MODALITIES, AVHGRModel, ModalityNet
+from .models import AVHGRModel, ModalityNet
+from .precision import autocast
+from .runs import RunFolder, apply_weights, link_or_copy, load_state, read_weights, split_document, weights_digest, weights_metadata
 from .stats import sample_std
-from .runs import (RunError, RunFolder, SettingsChanged, apply_weights, link_or_copy, load_state, read_weights, split_document,
-                   weights_digest, weights_metadata, with_legacy)  # fmt: skip
 
 __all__ = ["RunError", "SettingsChanged", "TrainConfig", "train", "train_owned", "train_run"]
-
-
-@dataclass
-class TrainConfig:
-    cache: str
-    out: str
-    corr: str = "fgh"  # fgh | fg | none (the baseline)
-    lam: float = 1.0
-    fusion_layers: int = 2
-    epochs: int = 100  # stage 2's joint epochs (after its fusion warm-up), and stage 1's unless pretrain_epochs
-    pretrain_epochs: int | None = None  # stage 1; None: same as epochs
-    batch_size: int | None = None  # the recipe's: the paper's 90, avhgr's 64 (README, "Training recipe")
-    lr: float = 1e-3
-    seed: int = 0
-    backbone: str = "resnet50"
-    pretrained: str = "none"
-    modalities: tuple[str, ...] = MODALITIES
-    device: str = "auto"
-    split: str = "random"
-    fold: int | None = None  # with split "actor": leave-subjects-out fold (of ``folds``)
-    folds: int = 6
-    labeled_fraction: float = 1.0
-    init_from: str | None = None  # a run folder whose stage-1 networks start this run (no stage 1 here)
-    amp: bool | None = None  # bf16 autocast; None: where it is faster (distributed.fast_amp), resolved at once
-    eval_batch_size: int = 256
-    keep_states: bool = False  # keep the resume states (*.last.pt, ~3x the weights) once the run is done
-    # The recipe: "paper" is the paper's literal settings; "avhgr" (the default) our measured
-    # choices (README, "Training recipe"). A setting given explicitly overrides its recipe.
-    recipe: str = "avhgr"
-    feature_norm: str | None = None  # none | batch | rescale: what f and g are (models.AVHGRModel); batch standardises h too
-    lam_warmup: int | None = None  # epochs over which λ grows linearly from 0 at the start of stage 2
-    fusion_warmup: int | None = None  # epochs before stage 2 in which only the fusion network learns (CE alone)
-    stage2_lr: float | None = None  # learning rate of stage 2; None: the same as lr
-    weight_decay: float | None = None  # decoupled (AdamW); 0: plain Adam
-    schedule: str | None = None  # constant | cosine (per epoch, within each stage)
-    windows_per_epoch: int | str | None = None  # "all" cached windows each epoch, or k per video drawn anew each epoch
-    spec_augment: bool | None = None  # time and frequency masks on training spectrograms
-    face_augment: bool | None = None  # random flips and light crops of training faces
-    level: str | None = None  # absolute | recording | window: spectrogram level (data.WindowReader)
-    evidence: bool | None = None  # a window without a found face has no visual input, one without speech no audio
-    feature_noise: float | None = None  # facial features: noise deviation in training (augment.jitter_features)
-    modality_dropout: float | None = None  # stage 2 and its warm-up: share of training windows that lose one input (augment.drop_modalities)
-
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise RunError(f"--recipe must be {' or '.join(RECIPES)}; got {self.recipe}")
-        for key, value in RECIPES[self.recipe].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.amp is None:
-            self.amp = fast_amp(self.device)
-        if self.feature_norm not in FEATURE_NORMS:
-            raise RunError(f"--feature-norm must be {', '.join(FEATURE_NORMS)}; got {self.feature_norm}")
-        if self.schedule not in ("constant", "cosine"):
-            raise RunError(f"--schedule must be constant or cosine; got {self.schedule}")
-        if self.level not in LEVELS:
-            raise RunError(f"--level must be {', '.join(LEVELS)}; got {self.level}")
-        if self.backbone not in BACKBONES:
-            raise RunError(f"--backbone must be one of {', '.join(BACKBONES)}; got {self.backbone}")
-        if not 0 <= self.modality_dropout < 1:
-            raise RunError(f"--modality-dropout must be in [0, 1); got {self.modality_dropout}")
-        if self.batch_size < 2:
-            raise RunError(f"--batch-size must be at least 2 (Soft-HGR and BatchNorm need two rows); got {self.batch_size}")
-        for key in ("lam_warmup", "fusion_warmup", "weight_decay", "epochs", "feature_noise"):
-            if getattr(self, key) < 0:
-                raise RunError(f"--{key.replace('_', '-')} must not be negative; got {getattr(self, key)}")
-        if self.pretrain_epochs is not None and self.pretrain_epochs < 0:
-            raise RunError(f"--pretrain-epochs must not be negative; got {self.pretrain_epochs}")
-        if self.stage2_lr is not None and not self.stage2_lr > 0:
-            raise RunError(f"--stage2-lr must be positive (leave it out for the same rate as --lr); got {self.stage2_lr}")
-        if isinstance(self.windows_per_epoch, str) and self.windows_per_epoch.isdigit():
-            self.windows_per_epoch = int(self.windows_per_epoch)
-        if self.windows_per_epoch != "all" and not (isinstance(self.windows_per_epoch, int) and self.windows_per_epoch >= 1):
-            raise RunError(f"--windows-per-epoch must be all or a number of windows (at least 1); got {self.windows_per_epoch}")
-        if not 0 < self.labeled_fraction <= 1:
-            raise RunError(f"--labeled-fraction must be in (0, 1]; got {self.labeled_fraction}")
-        self.modalities = tuple(sorted(set(self.modalities), key=MODALITIES.index))
-        if not self.modalities or any(m not in MODALITIES for m in self.modalities):
-            raise RunError(f"--modalities must be audio, visual or audio,visual; got {','.join(self.modalities)}")
-        if self.corr not in ("fgh", "fg", "none"):
-            raise RunError(f"--corr must be fgh, fg or none; got {self.corr}")
-        if self.fusion_layers not in (1, 2, 4):
-            raise RunError(f"--fusion-layers must be 1, 2 or 4; got {self.fusion_layers}")
-
-    @property
-    def stage1_epochs(self) -> int:
-        return self.epochs if self.pretrain_epochs is None else self.pretrain_epochs
-
-    def lr_at(self, stage: "Stage", epoch: int) -> float:
-        """The learning rate of an epoch of a stage."""
-        base = self.stage2_lr if stage.joint and self.stage2_lr is not None else self.lr
-        if self.schedule == "cosine":
-            return base * 0.5 * (1 + math.cos(math.pi * epoch / max(stage.epochs, 1)))
-        return base
-
-    def lam_at(self, epoch: int, step: int, steps: int) -> float:
-        """λ at a step of stage 2: linear from 0 over ``lam_warmup`` epochs, then constant."""
-        if not self.lam_warmup:
-            return self.lam
-        return self.lam * min(1.0, (epoch + step / max(steps, 1)) / self.lam_warmup)
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        return d
-
-
-RECIPES = {
-    "paper": dict(feature_norm="none", lam_warmup=0, fusion_warmup=0, weight_decay=0.0, schedule="constant",
-                  windows_per_epoch="all", spec_augment=False, face_augment=False, level="absolute", evidence=False,
-                  feature_noise=0.0, modality_dropout=0.0, batch_size=90),
-    "avhgr": dict(feature_norm="batch", lam_warmup=0, fusion_warmup=1, weight_decay=0.05, schedule="cosine",
-                  windows_per_epoch=20, spec_augment=True, face_augment=True, level="window", evidence=True,
-                  feature_noise=0.0, modality_dropout=0.0, batch_size=64),
-}  # fmt: skip
-
-# What a stage-1 network depends on besides the cache and the split: a run may start from another
-# run's stage 1 (``init_from``) only where these agree (``stage1_epochs`` too).
-STAGE1_SETTINGS = ("seed", "split", "fold", "folds", "labeled_fraction", "backbone", "pretrained", "batch_size", "lr",
-                   "weight_decay", "schedule", "windows_per_epoch", "spec_augment", "face_augment", "level", "evidence", "feature_noise")  # fmt: skip
 
 
 @dataclass
@@ -179,8 +59,8 @@ class Stage:
     videos: list[int]
     epochs: int
     shuffle_key: int  # seeds the stage's shuffles and window draws: each stage has its own order
+    windows: int | str = "all"  # per video and epoch: all cached windows, or k drawn anew
     corr: str = "none"
-    joint: bool = False  # stage 2 or its warm-up: the stage-2 learning rate
     trains: str = "all"  # "all" parameters, or only the "fusion" network (the warm-up)
     keep: str = "best"  # the "best" validation epoch, or the "last" (the warm-up)
 
@@ -192,9 +72,8 @@ class Session:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.dist = dist
-        if self.dist.enabled and self.device.type == "cuda":
+        if self.dist.enabled and self.device.type == "cuda":  # distributed.setup made it the current device
             self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
         if self.dist.enabled and cfg.batch_size < 2 * self.dist.world:
             raise RunError(f"--batch-size {cfg.batch_size} is too small for {self.dist.world} processes (at least 2 rows each)")
         self.amp = cfg.amp
@@ -202,6 +81,7 @@ class Session:
         if self.device.type == "cuda":  # fixed input shapes: let cuDNN pick its fastest kernels once
             torch.backends.cudnn.benchmark = True
         self.cache = Cache.open(cfg.cache)
+        cfg.refuse_noops(cache_kind(cfg.cache))
         if self.dist.enabled:  # every node reads its own copy of the cache: it must be the same cache
             mine = self.cache.digest()
             differs = torch.tensor([float(broadcast(mine, self.dist) != mine)], device=self.device)
@@ -211,7 +91,8 @@ class Session:
         self.classes = self.cache.classes
         labels = self.cache.video_labels()
         try:
-            self.split = split_videos(labels, self.cache.video_subjects(), cfg.split, cfg.seed, fold=cfg.fold, folds=cfg.folds)
+            self.split = split_videos(labels, self.cache.video_subjects(), cfg.split, cfg.seed, fold=cfg.fold, folds=cfg.folds,
+                                      partition=cfg.fold_partition)
         except ValueError as exc:
             raise RunError(f"{cfg.cache}: {exc}") from exc
         if not self.split["train"] or (cfg.split != "all" and not all(self.split.values())):
@@ -221,9 +102,9 @@ class Session:
         self.audio_stats = self.reader.fit_audio_stats(self.reader.windows(self.split["train"]), seed=cfg.seed)
         self.visual_stats = self.reader.fit_visual_stats(self.reader.windows(self.split["train"]))
         table = self.cache.visual_features  # facial features instead of face crops: their columns
-        self.visual_input = {"kind": "faces"} if table is None else {"kind": "features", "columns": table["columns"], "table": table,
+        self.visual_input = {"kind": "faces"} if table is None else {"kind": "features", "columns": table["columns"], "source": table,
                                                                      "stats": self.visual_stats}  # fmt: skip
-        self.visual_features = None if table is None else len(table["columns"])
+        self.feature_dim = None if table is None else len(table["columns"])  # the visual input's numbers per window, for features
 
     def batches(self, windows: np.ndarray, batch_size: int | None = None):
         """Device batches of ``windows`` in order (no shuffling, no augmentation)."""
@@ -238,6 +119,8 @@ class Session:
             return {"video_accuracy": float("nan"), "window_accuracy": float("nan")}
         if self.dist.main:
             windows = self.reader.windows(self.split["val"], model.modalities)
+            if self.cfg.val_windows != "all":  # the first k of each video's cached windows (they are random already)
+                windows = windows[self.cache.windows["window"][windows] < self.cfg.val_windows]
             probs = window_probabilities(model, self.reader, windows, self.device, self.cfg.eval_batch_size, amp=self.amp)
             m = metrics(probs, windows, self.cache, self.split["val"])
             val = {"video_accuracy": m["video_accuracy"], "window_accuracy": m["window_accuracy"]}
@@ -282,9 +165,28 @@ def run_settings(cfg: TrainConfig) -> dict:
     settings = {"train": cfg.to_json(), "cache_settings": cache_settings}
     if cfg.init_from:
         source = RunFolder(cfg.init_from)
-        settings["init_weights"] = {m: weights_digest(source.best(f"stage1_{m}")) for m in cfg.modalities
-                                    if source.best(f"stage1_{m}").exists()}  # fmt: skip
+        taken = [f"stage1_{m}" for m in cfg.modalities] + (["stage2_warmup"] if warmup_source(cfg, source) else [])
+        settings["init_weights"] = {name.removeprefix("stage1_"): weights_digest(source.best(name)) for name in taken
+                                    if source.best(name).exists()}  # fmt: skip
     return settings
+
+
+def warmup_source(cfg: TrainConfig, source: RunFolder) -> RunFolder | None:
+    """``source`` (the run this one starts from) where its fusion warm-up is the one this run would
+    train: a joint run of the same modalities whose warm-up settings (stage 1's among them) are
+    ours. Then this run takes it instead of training it again, so the methods of a paired
+    comparison share the very warm-up weights on every device (cuDNN's autotuning need not
+    compute one twice alike). None otherwise."""
+    if not cfg.fusion_warmup or len(cfg.modalities) < 2 or not source.best("stage2_warmup").exists():
+        return None
+    try:
+        theirs = upgrade(source.config()["train"])
+    except (RunError, KeyError):
+        return None
+    ours = cfg.to_json()
+    if list(theirs.get("modalities", [])) != list(cfg.modalities) or any(theirs.get(k) != ours.get(k) for k in WARMUP_SETTINGS):
+        return None
+    return source
 
 
 def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool = False) -> dict:
@@ -317,7 +219,7 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
     nets: dict[str, ModalityNet] = {}
     for index, modality in enumerate(cfg.modalities):
         torch.manual_seed(cfg.seed * 1000 + index)  # initial weights depend on the seed alone
-        net = ModalityNet(len(s.classes), modality, cfg.backbone, cfg.pretrained, s.visual_features)
+        net = ModalityNet(len(s.classes), modality, cfg.backbone, cfg.pretrained, s.feature_dim)
         name = f"stage1_{modality}"
         if source is not None:
             best = source.best(name)
@@ -328,34 +230,46 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
                         link_or_copy(path, run.file(path.name))
         else:
             labeled_train = [v for v in s.split["train"] if v in s.labeled]
-            stages[name] = fit(s, run, Stage(name, net, labeled_train, cfg.stage1_epochs, index + 1), log, progress)
+            stages[name] = fit(s, run, Stage(name, net, labeled_train, cfg.epochs, index + 1, cfg.windows_per_epoch), log, progress)
         nets[modality] = net
 
     if len(nets) == 1:
         model: torch.nn.Module = nets[cfg.modalities[0]]
-        final_weights = run.final(f"stage1_{cfg.modalities[0]}")
+        tested = f"stage1_{cfg.modalities[0]}"
     else:
         torch.manual_seed(cfg.seed * 1000 + 99)
         model = AVHGRModel.from_stage1(nets, cfg.fusion_layers, cfg.feature_norm)
         sample = np.random.default_rng(cfg.seed).permutation(s.reader.windows(s.split["train"]))[:2048]
         model.to(s.device).calibrate(s.batches(np.sort(sample)))
-        if cfg.fusion_warmup:  # CE alone, only the fresh fusion network learns: the same for every method
-            warmup = Stage("stage2_warmup", model, s.split["train"], cfg.fusion_warmup, 9, joint=True, trains="fusion", keep="last")
+        warm = on_main(dist, lambda: warmup_source(cfg, source) is not None) if source is not None else False
+        if warm:  # the source's warm-up, as this run would train it (the digest is in init_weights)
+            path = source.best("stage2_warmup")
+            apply_weights(model, on_main(dist, lambda: read_weights(path)), path)
+            if run.writer:
+                link_or_copy(path, run.file(path.name))
+            taken = on_main(dist, lambda: source.report()["stages"].get("stage2_warmup", {}))
+            stages["stage2_warmup"] = {**taken, "from": taken.get("from", str(source.path))}
+        elif cfg.fusion_warmup:  # CE alone, only the fresh fusion network learns: the same for every method
+            warmup = Stage("stage2_warmup", model, s.split["train"], cfg.fusion_warmup, 9, cfg.joint_windows, trains="fusion", keep="last")
             stages["stage2_warmup"] = fit(s, run, warmup, log, progress)
-        stages["stage2"] = fit(s, run, Stage("stage2", model, s.split["train"], cfg.epochs, 10, cfg.corr, joint=True), log, progress)
-        final_weights = run.final("stage2")
+        stage2 = Stage("stage2", model, s.split["train"], cfg.joint_epochs, 10, cfg.joint_windows, cfg.corr)
+        stages["stage2"] = fit(s, run, stage2, log, progress)
+        tested = "stage2"
 
     report = {"classes": s.classes, "config": cfg.to_json(), "audio_stats": list(s.audio_stats)}
     if s.split["test"]:
         report |= s.test(model)
-        report["last_epoch"] = last_epoch_test(s, model, final_weights)
+        kept_last = tested in stages and stages[tested]["best_epoch"] == stages[tested]["epochs"]  # the kept model is the last epoch's
+        last = {"video_accuracy": report.get("video_accuracy"), "window_accuracy": report.get("window_accuracy")}
+        report["last_epoch"] = last if kept_last and s.dist.main else last_epoch_test(s, model, run.final(tested))
     else:  # --split all: no test
         report |= {"video_accuracy": None, "window_accuracy": None, "videos": 0, "predictions": [], "last_epoch": None}
     report |= {"train_seconds": round(time.time() - t0, 2), "stages": stages}
     # What prediction needs to rebuild and feed the model, beside its weights.
     card = {"classes": s.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone, "fusion_layers": cfg.fusion_layers,
             "feature_norm": cfg.feature_norm, "audio_stats": list(s.audio_stats), "level": cfg.level, "evidence": cfg.evidence,
-            "features": s.cache.settings["features"], "visual_input": s.visual_input}  # fmt: skip
+            "features": s.cache.settings["features"], "amp": cfg.amp,
+            "visual_input": s.visual_input if "visual" in cfg.modalities else {"kind": "none"}}  # fmt: skip
     run.finish(model, card, report, cfg.keep_states)
     barrier(s.dist)
     return report if run.writer else {}
@@ -385,19 +299,16 @@ def check_init_source(cfg: TrainConfig, s: Session, split_doc: dict) -> RunFolde
             raise RunError(f"{where}: it has no stage1_{modality}.safetensors (its stage 1 did not finish)")
     if not source.finished:
         raise RunError(f"{where}: that run has not finished (no report.json)")
-    theirs, ours = config["train"], cfg.to_json()
-    if theirs.get("init_from"):
-        raise RunError(f"{where}: that run did not train its stage 1 itself (it started from {theirs['init_from']}); start from that one")
-    theirs = with_legacy(theirs)
+    # A source may itself have started from another run: its stage-1 files are that run's (hard links),
+    # and this run records their digests, so a stage 1 trained again anywhere up the chain is noticed.
+    theirs, ours = upgrade(config["train"]), cfg.to_json()
     differ = [k for k in STAGE1_SETTINGS if theirs.get(k) != ours.get(k)]
-    if (theirs.get("pretrain_epochs") if theirs.get("pretrain_epochs") is not None else theirs.get("epochs")) != cfg.stage1_epochs:
-        differ.append("number of stage-1 epochs")
     if config.get("cache_settings") != s.cache.settings:
         differ.append("cache settings")
     if source.split() != split_doc:
         differ.append("split (train/val/test videos or labelled subset)")
     if differ:
-        leak = any(k in differ for k in ("seed", "split", "fold", "folds", "labeled_fraction")) or differ[-1].startswith("split")
+        leak = any(k in differ for k in ("seed", "split", "fold", "folds", "fold_partition", "labeled_fraction")) or differ[-1].startswith("split")
         why = "starting from it could train on this run's validation or test videos" if leak else "train stage 1 here, or start from a run with the same stage-1 settings"
         raise RunError(f"{where}: its stage 1 was trained with another {', '.join(differ)}; {why}")
     return source
@@ -458,8 +369,9 @@ def fit(s: Session, run: RunFolder, stage: Stage, log=print, progress: bool = Fa
         model.load_state_dict(best_weights)
     barrier(s.dist)
     best = None if math.isnan(state["best_acc"]) else state["best_acc"]  # NaN: no validation videos
+    best_window = None if best is None else state["best_window_acc"]
     return {"epochs": state["epoch"], "best_epoch": state["best_epoch"], "best_val_video_accuracy": best,
-            "first_step_corr": state["first_step_corr"]}  # fmt: skip
+            "best_val_window_accuracy": best_window, "first_step_corr": state["first_step_corr"]}  # fmt: skip
 
 
 def keeps(stage: Stage, val: dict, state: dict) -> bool:
@@ -502,19 +414,20 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
     loss (CE + λ·L_corr with λ at each step), and L_corr of the first step."""
     rng = np.random.default_rng([s.cfg.seed, stage.shuffle_key, epoch])
     torch.manual_seed(int(rng.integers(2**62)))
-    if s.cfg.windows_per_epoch != "all":  # a new draw from each video's cached windows every epoch
-        windows = draw_windows(s.cache, windows, s.cfg.windows_per_epoch, rng)
+    if stage.windows != "all":  # a new draw from each video's cached windows every epoch
+        windows = draw_windows(s.cache, windows, stage.windows, rng)
     order = windows[rng.permutation(len(windows))]
     bs, world = s.cfg.batch_size, s.dist.world
+    # Full batches only: a last batch of a few rows would give BatchNorm and the Soft-HGR statistics
+    # a handful of rows, and a step as large as any other. (The epoch's draw and order change every
+    # epoch, so no window is always left out.) Fewer windows than one batch: that one short batch.
+    n_batches = max(len(order) // bs, 1 if len(order) >= max(2, 2 * world) else 0)
     # Each process's rows of every batch, and every process's number of rows (they may differ).
     chunks = []
-    for i in range(0, len(order), bs):
-        rows = order[i : i + bs]
-        if len(rows) < max(2, 2 * world):  # Soft-HGR and BatchNorm need two rows
-            continue
-        parts = np.array_split(rows, world)
-        chunks.append((parts[s.dist.rank], tuple(len(p) for p in parts), len(chunks)))
-    drop = s.cfg.modality_dropout if stage.joint else 0.0
+    for i in range(n_batches):
+        parts = np.array_split(order[i * bs : (i + 1) * bs], world)
+        chunks.append((parts[s.dist.rank], tuple(len(p) for p in parts), i))
+    drop = s.cfg.modality_dropout if stage.name.startswith("stage2") else 0.0
 
     def read(chunk):
         rows, sizes, step = chunk
@@ -528,7 +441,7 @@ def train_epoch(s: Session, stage: Stage, train_model, opt, windows: np.ndarray,
     sums, first = torch.zeros(3, device=s.device), torch.zeros(3, device=s.device)
     bar = EpochBar(f"{stage.name} {epoch + 1}/{stage.epochs}", sum(sum(c[1]) for c in chunks), progress and s.dist.main)
     for step, batch in enumerate(device_batches(read, chunks, s.device, s.channels_last)):
-        lam = s.cfg.lam_at(epoch, step, len(chunks)) if stage.name == "stage2" else s.cfg.lam
+        lam = s.cfg.lam_at(epoch, step, len(chunks)) if stage.name == "stage2" else 0.0
         losses = train_step(s, stage, train_model, opt, batch, lam)
         sums += losses
         if step == 0:
@@ -543,7 +456,7 @@ def train_step(s: Session, stage: Stage, train_model, opt, batch, lam: float) ->
     """One optimiser step; returns (CE share, L_corr, CE share + λ·L_corr), each divided among the
     processes (their sum is the global batch's), as a device tensor (no host sync)."""
     batch = augment(batch, spectrograms=s.cfg.spec_augment, faces=s.cfg.face_augment, rank=s.dist.rank, feature_noise=s.cfg.feature_noise)
-    with torch.autocast(s.device.type, dtype=torch.bfloat16) if s.amp else contextlib.nullcontext():
+    with autocast(s.device, s.amp):
         out = train_model(batch)
         loss, ce, corr = joint_objective(out, batch, stage.corr, lam, s.cfg.labeled_fraction < 1.0, s.dist,
                                          standardize_h=s.cfg.feature_norm == "batch")  # fmt: skip
