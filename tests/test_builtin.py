@@ -106,3 +106,20 @@ def test_builtin_model_on_real_ravdess_clips(shared_data):
     predictor = Predictor("builtin:speech", device="cpu")
     results = [predictor.predict_file(c) for c in clips]
     assert all(r["emotion"] is not None and r["speech_rate"] > 0.2 for r in results)  # a quiet sad take: 28 %
+
+
+def test_the_timeline_plot_draws_each_experts_say_beside_the_combination(tmp_path, monkeypatch):
+    from avhgr import plots
+
+    classes = ["anger", "sadness"]
+    timeline = [{"start": s, "end": s + 0.5, "probabilities": {"anger": 0.8, "sadness": 0.2}, "face": True, "speech": s < 1,
+                 "face_expert": {"anger": 0.6, "sadness": 0.4}, "voice_expert": {"anger": 0.9, "sadness": 0.1} if s < 1 else None}
+                for s in (0.0, 0.5, 1.0)]  # fmt: skip
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.setdefault("lines", {ln.get_label(): ln.get_ydata() for ln in fig.axes[0].lines}))
+    plots.timeline_png(timeline, classes, tmp_path / "t.png")
+    assert np.allclose(drawn["lines"]["anger: face expert"], [0.6, 0.6, 0.6])
+    assert np.allclose(drawn["lines"]["anger: voice expert"][:2], [0.9, 0.9]) and np.isnan(drawn["lines"]["anger: voice expert"][2])
+    drawn.clear()
+    plots.timeline_png([{k: v for k, v in w.items() if "expert" not in k} for w in timeline], classes, tmp_path / "u.png")
+    assert set(drawn["lines"]) == set(classes)  # a model without experts: the classes alone

@@ -34,9 +34,25 @@ def test_evaluate_missing_without_rate_takes_the_modality_from_every_video_and_r
     assert out["videos_missing"] == out["videos"] == 6 and out["rate"] == 1.0
     assert out["video_accuracy"] == 0.0  # an audio-only model without audio has nothing to go on
     typo = run("evaluate", audio_run, "--missing", "adio", "--rate", "0")
-    assert typo.returncode == 2 and "--missing must be audio, visual or both" in typo.stderr and "Traceback" not in typo.stderr
+    words = " ".join(typo.stderr.replace("│", " ").split())
+    assert typo.returncode == 2 and "'adio' is not one of 'audio', 'visual', 'both'" in words and "Traceback" not in typo.stderr
     alone = run("evaluate", audio_run, "--rate", "0.5")
     assert alone.returncode == 2 and "--rate needs --missing" in alone.stderr
+
+
+def test_evaluate_on_a_folder_of_seed_runs_gives_each_and_their_mean(audio_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "seeds"
+    for name in ("seed0", "seed1"):
+        shutil.copytree(audio_run, folder / name)
+    res = run("evaluate", folder, "--device", "cpu", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    one = evaluate_run(audio_run, device="cpu")["video_accuracy"]
+    assert set(out["runs"]) == {"seed0", "seed1"} and out["mean_video_accuracy"] == pytest.approx(one)
+    text = run("evaluate", folder, "--device", "cpu")
+    assert text.returncode == 0 and "seed1: video accuracy" in text.stdout and "mean over 2 runs" in text.stdout
 
 
 def test_runs_without_a_test_set_say_so(tiny, tmp_path):
@@ -65,7 +81,8 @@ def test_a_bug_in_train_is_reported_as_one_and_keeps_its_traceback(tiny, tmp_pat
     assert res.exit_code == 1 and "internal error, a bug in avhgr" in res.output
     assert "an internal ValueError" in (out / "errors.log").read_text()  # the traceback, where the user will look
     mistake = CliRunner().invoke(app, ["train", "--cache", str(tiny / "cache"), "--out", str(out), "--corr", "fgx"])
-    assert mistake.exit_code == 2 and "--corr must be one of fgh, fg, none" in mistake.output
+    # refused by the parser, before anything loads, with the valid values
+    assert mistake.exit_code == 2 and "'fgx' is not one of 'fgh', 'fg'" in " ".join(mistake.output.replace("│", " ").split())
 
 
 def test_folds_without_fold_is_refused(tiny, tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
+
+from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, SCHEDULES, SPLITS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audio-visual emotion recognition with Soft-HGR.")
 
@@ -142,7 +144,7 @@ def inspect(
 def train(
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Run folder to write."),
-    corr: Optional[str] = typer.Option(None, help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
+    corr: Optional[Literal[CORRS]] = typer.Option(None, help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
     lam: Optional[float] = typer.Option(None, help="λ, the weight of the correlation loss."),
     fusion_layers: Optional[int] = typer.Option(None, help="Hidden layers of the fusion network: 1, 2 or 4."),
     epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone; a unimodal model's)."),
@@ -154,10 +156,10 @@ def train(
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0),
     runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
-    backbone: Optional[str] = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101"),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="The ResNet of each network (recipe avhgr: resnet18; paper: resnet50)."),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
-    split: str = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
+    split: Literal[SPLITS] = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
     fold: Optional[int] = typer.Option(None, help="With --split actor: this fold of a leave-subjects-out cross-validation."),
     folds: Optional[int] = typer.Option(None, help="With --fold: folds of that cross-validation, the subjects in that many groups (default 6)."),
     labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
@@ -166,17 +168,17 @@ def train(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA and on CPUs that compute bf16 natively)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
-    recipe: str = typer.Option("avhgr", help="avhgr (measured defaults, see README) or paper (the paper's literal settings)."),
-    feature_norm: Optional[str] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
+    recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults, docs/training.md) or paper (the paper's literal settings)."),
+    feature_norm: Optional[Literal[FEATURE_NORMS]] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
     lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
     fusion_warmup: Optional[int] = typer.Option(None, help="Epochs before stage 2 in which only the fusion network learns (CE alone)."),
     joint_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
     weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
-    schedule: Optional[str] = typer.Option(None, help="constant or cosine learning rate within each stage."),
+    schedule: Optional[Literal[SCHEDULES]] = typer.Option(None, help="constant or cosine learning rate within each stage."),
     windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch (default: the recipe's, 20; the paper's all)."),
     spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
     face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
-    level: Optional[str] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
+    level: Optional[Literal[LEVELS]] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
     evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
     feature_noise: Optional[float] = typer.Option(None, help="Facial features (--visual-features caches): deviation of the noise added in training."),
     modality_dropout: Optional[float] = typer.Option(None, help="Stage 2 and its fusion warm-up: share of training windows that lose one of their two inputs."),
@@ -218,9 +220,9 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="A run folder made by `avhgr train`."),
+    run: Path = typer.Argument(..., help="A run folder made by `avhgr train`, or a folder of its --runs N (each seed, then the mean)."),
     cache: Optional[Path] = typer.Option(None, help="The cache (default: the one the run was trained on)."),
-    missing: Optional[str] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
+    missing: Optional[Literal["audio", "visual", "both"]] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
     rate: Optional[float] = typer.Option(None, help="With --missing: the fraction of test videos missing it (default 1: every one)."),
     seed: int = typer.Option(0, help="Seed of the choice of videos."),
     device: str = typer.Option("auto"),
@@ -231,6 +233,20 @@ def evaluate(
 
     from .evaluate import evaluate_run
 
+    seeds = [] if (run / "config.json").exists() else sorted(p.parent for p in run.glob("*/config.json"))
+    if seeds:  # a folder of `train --runs N`: every seed, then their mean
+        with errors_reported("evaluate"):
+            results = {p.name: evaluate_run(p, cache, missing, rate, seed, device) for p in seeds}
+        accs = [100 * r["video_accuracy"] for r in results.values()]
+        mean, std = sum(accs) / len(accs), (sum((a - sum(accs) / len(accs)) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
+        if json_out:
+            clean = {k: {f: v for f, v in r.items() if f != "predictions"} for k, r in results.items()}
+            typer.echo(json.dumps({"runs": clean, "mean_video_accuracy": mean / 100, "std_video_accuracy": std / 100}, indent=2))
+            return
+        for name, r in results.items():
+            typer.echo(f"{name}: video accuracy {100 * r['video_accuracy']:.2f} % on {r['videos']} test videos")
+        typer.echo(f"mean over {len(accs)} runs: {mean:.2f} ± {std:.2f} % (std over seeds)")
+        return
     with errors_reported("evaluate"):
         result = evaluate_run(run, cache, missing, rate, seed, device)
     if json_out:
@@ -387,10 +403,10 @@ def study(
     joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
-    backbone: Optional[str] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
     pretrained: str = typer.Option("none"),
-    split: str = typer.Option("random", help="random or actor."),
-    recipe: str = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
+    split: Literal["random", "actor"] = typer.Option("random", help="random or actor."),
+    recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
     layers: Optional[str] = typer.Option(None, help="Fusion layers, e.g. 1,2,4."),
     lams: Optional[str] = typer.Option(None, help="λ values, e.g. 0.01,0.1,1,10."),
     rates: Optional[str] = typer.Option(None, help="missing: rates, e.g. 0,0.2,0.5,0.8."),

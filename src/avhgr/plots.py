@@ -132,7 +132,9 @@ def timeline_png(timeline: list[dict], classes: list[str], out: str | Path, titl
                  window_seconds: float = 0.5) -> Path:  # fmt: skip
     """Each class's probability over time (one line per class, at each window's centre), the
     stretches where the face or the speech was missing shaded, and (``faces``, one crop per
-    window) face thumbnails along the time axis."""
+    window) face thumbnails along the time axis. For the built-in model (entries with
+    ``face_expert`` / ``voice_expert``), each expert's probability of the file's emotion, dashed
+    (face) and dotted (voice)."""
     centres = np.array([(w["start"] + w["end"]) / 2 for w in timeline])
     probs = np.array([[np.nan] * len(classes) if w["probabilities"] is None else [w["probabilities"][c] for c in classes] for w in timeline])
     with_faces = faces is not None and len(faces) > 0
@@ -142,6 +144,12 @@ def timeline_png(timeline: list[dict], classes: list[str], out: str | Path, titl
     colours = plt.get_cmap("tab10")
     for k, c in enumerate(classes):
         ax.plot(centres, probs[:, k], marker="o", ms=3, lw=1.6, color=colours(k % 10), label=c)
+    if any("face_expert" in w for w in timeline) and not np.isnan(probs).all():
+        # The built-in model: what each expert said of the file's emotion, beside the combination.
+        top = int(np.nanmean(probs, axis=0).argmax())
+        for name, style in (("face", "--"), ("voice", ":")):
+            said = [np.nan if w.get(f"{name}_expert") is None else w[f"{name}_expert"][classes[top]] for w in timeline]
+            ax.plot(centres, said, ls=style, lw=1.2, color=colours(top % 10), alpha=0.8, label=f"{classes[top]}: {name} expert")
     end = max((w["end"] for w in timeline), default=window_seconds)
     for w in timeline:  # shade, per window, what was missing (None: the model does not use it)
         if w["face"] is False:
