@@ -1,0 +1,365 @@
+"""What the paper's idea does on real faces and voices: RAVDESS speech (actors 1-12, six classes) with
+the facial action units of the same takes, every model paired, every actor tested once per seed.
+
+    .venv/bin/python bench/real_av.py --speech ../shared/data/ravdess_speech --au ../shared/data/ravdess_au
+    .venv/bin/python bench/real_av.py ... --seeds 0,1,2 --parts main,missing,semi,random    # the full design
+
+The primary comparison, named before any run: **fgh − baseline on the actor-disjoint protocol**,
+each with its fusion depth and λ chosen on the fold's validation actors, the unit the actor (its
+paired difference averaged over seeds), the 95 % t interval over the 12 actors (``stats.unit_paired``).
+Every other row is secondary.
+
+Design. A unit is (protocol, fold, seed). The folds are a fixed partition (``data.split_videos``):
+``actor`` tests two actors per fold, validates on the next two and trains on the other eight;
+``random`` (the paper's protocol) partitions each class's recordings in six, so actors are shared
+between train and test. In each unit:
+
+1. ``baseline_L2`` trains stage 1 (a ResNet-18 on spectrograms, 12 epochs of 20 of the 60 cached
+   windows per recording: the audio-only default; an MLP on the 35 action units with feature noise
+   0.5), the one-epoch fusion warm-up with two fusion layers and stage 2 with CE alone. The
+   audio-only and visual-only models are its two stage-1 networks.
+2. ``baseline_L1`` starts from its stage 1 and trains its own warm-up with one fusion layer.
+3. The baseline's depth is chosen by validation (video accuracy, then window accuracy, then two
+   layers); fg and fgh at λ 0.01, 0.1 and 1 start from the baseline of that depth and take its very
+   warm-up weights, so in a unit every method has the same stage 1, warm-up and batches; each
+   method's λ is chosen by validation (ties: the λ nearest 1).
+4. ``missing``: the chosen baseline, fg and fgh of each main unit, their test recordings with the
+   audio or the action units removed at rates 0.25, 0.5 and 0.75 (no retraining).
+5. ``semi``: 10, 25 and 50 % of the training recordings labelled (stage 1 on those; fg's L_corr sees
+   every training pair, h only the labelled), baseline, fg and fgh at the unit's chosen depth and λ.
+
+Resumable: every run is a folder of its own (``train_owned``); rerun the command and finished runs
+are read back. The tables (``results.md``, ``results.json``, ``forest.png``) are written after every
+unit, so a run cut short reports what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avhgr.cache import Cache
+from avhgr.datasets import index_dataset, select_emotions
+from avhgr.features import FeatureSettings
+from avhgr.preprocess import default_workers, run_preprocess
+from avhgr.runs import weights_digest
+from avhgr.stats import UNIT_RULE, unit_accuracy, unit_paired
+from avhgr.train import TrainConfig, train_owned
+
+LAMS = (0.01, 0.1, 1.0)
+DEPTHS = (2, 1)  # the recipe's first: it trains stage 1
+RATES = (0.25, 0.5, 0.75)
+FRACTIONS = (0.1, 0.25, 0.5)
+QUIET = lambda *a, **k: None  # noqa: E731
+PRIMARY = ("actor", "fgh", "baseline")
+
+
+def make_cache(args) -> Path:
+    from avhgr.visual_features import open_table
+
+    table = args.au / "ravdess_au_actors_01-12.csv" if args.au.is_dir() else args.au
+    videos, classes = select_emotions(index_dataset("ravdess", args.speech), "basic6")
+    cache = args.out / "cache"
+    run_preprocess(videos, classes, cache, FeatureSettings(), args.speech, "ravdess", workers=default_workers(), progress=False,
+                   features=open_table(table))  # fmt: skip
+    return cache
+
+
+def chosen(candidates: list[tuple[str, dict, float]]) -> str:
+    """The name of the candidate with the best validation (video accuracy, window accuracy, then the
+    tie-break value, larger wins)."""
+    return max(candidates, key=lambda c: (c[1]["stages"]["stage2"]["best_val_video_accuracy"],
+                                          c[1]["stages"]["stage2"]["best_val_window_accuracy"], c[2]))[0]  # fmt: skip
+
+
+class Bench:
+    def __init__(self, args, cache: Path):
+        self.args, self.cache = args, cache
+        self.subjects = {v["path"]: v["subject"] for v in Cache.open(cache).videos}
+        self.path = args.out / "results.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("units", {})
+        self.data.setdefault("seconds", {})
+        self.t0 = time.time()
+
+    def run(self, protocol: str, fold: int, seed: int, name: str, **kw) -> dict:
+        folder = self.args.out / "runs" / protocol / f"fold{fold}_seed{seed}" / name
+        split = "random" if protocol == "random" else "actor"
+        t0 = time.time()
+        extra = {k: v for k, v in self.args.extra.items() if "modalities" not in kw or not k.startswith("joint")}
+        report = train_owned(TrainConfig(cache=str(self.cache), out=str(folder), split=split, fold=fold, seed=seed, device=self.args.device,
+                                         **extra, **kw), log=QUIET)  # fmt: skip
+        if time.time() - t0 > 5:  # trained now, not read back
+            key = protocol.rstrip("0123456789.") or protocol
+            self.data["seconds"][key] = self.data["seconds"].get(key, 0) + (time.time() - t0)
+        report["folder"] = str(folder)
+        return report
+
+    def outcomes(self, report: dict, fold: int, seed: int, predictions=None) -> list[dict]:
+        preds = predictions if predictions is not None else report["predictions"]
+        return [{"seed": seed, "fold": fold, "video": p["path"], "actor": self.subjects[p["path"]], "correct": p["pred"] == p["label"]}
+                for p in preds]  # fmt: skip
+
+    def digest(self, report: dict) -> str:
+        return weights_digest(Path(report["folder"]) / "model.safetensors")
+
+    # ---- one unit of a protocol (actor or random): the depth and λ chosen by validation
+
+    def unit(self, protocol: str, fold: int, seed: int) -> dict:
+        key = f"{protocol}/fold{fold}/seed{seed}"
+        if key in self.data["units"]:
+            return self.data["units"][key]
+        base = self.run(protocol, fold, seed, "baseline_L2", corr="none", fusion_layers=2)
+        init = dict(init_from=base["folder"])
+        audio = self.run(protocol, fold, seed, "audio_only", modalities=("audio",), **init)
+        visual = self.run(protocol, fold, seed, "visual_only", modalities=("visual",), **init)
+        baselines = {2: base, 1: self.run(protocol, fold, seed, "baseline_L1", corr="none", fusion_layers=1, **init)}
+        depth = int(chosen([(str(d), r, d) for d, r in baselines.items()]))
+        unit = {"protocol": protocol, "fold": fold, "seed": seed, "depth": depth, "lam": {}, "models": {}, "grid": {}}
+        keep = {"baseline": baselines[depth], "audio only": audio, "visual only": visual}
+        for method in ("fg", "fgh"):
+            runs = {lam: self.run(protocol, fold, seed, f"{method}_lam{lam:g}_L{depth}", corr=method, lam=lam, fusion_layers=depth,
+                                  init_from=baselines[depth]["folder"]) for lam in LAMS}  # fmt: skip
+            lam = float(chosen([(str(lam), r, -abs(np.log10(lam))) for lam, r in runs.items()]))
+            unit["lam"][method] = lam
+            keep[method] = runs[lam]
+            for lam_, r in runs.items():
+                unit["grid"][f"{method} λ={lam_:g}"] = self.outcomes(r, fold, seed)
+        for name, r in keep.items():
+            unit["models"][name] = {"outcomes": self.outcomes(r, fold, seed), "folder": r["folder"], "digest": self.digest(r),
+                                    "val": r["stages"].get("stage2", {}).get("best_val_video_accuracy"),
+                                    "last_epoch": (r.get("last_epoch") or {}).get("video_accuracy"),
+                                    "train_seconds": r.get("train_seconds")}  # fmt: skip
+        unit["grid"]["baseline L1"] = self.outcomes(baselines[1], fold, seed)
+        unit["grid"]["baseline L2"] = self.outcomes(baselines[2], fold, seed)
+        self.data["units"][key] = unit
+        return unit
+
+    def missing(self, fold: int, seed: int) -> None:
+        from avhgr.evaluate import evaluate_missing
+
+        unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
+        if "missing" in unit:
+            return
+        t0 = time.time()
+        unit["missing"] = {}
+        for name in ("baseline", "fg", "fgh"):
+            sweep = evaluate_missing(unit["models"][name]["folder"], ("audio", "visual"), RATES, seed=seed, device=self.args.device)
+            unit["missing"][name] = {f"{s}@{r:g}": self.outcomes(None, fold, seed, m["predictions"]) for (s, r), m in sweep.items()}
+        self.data["seconds"]["missing"] = self.data["seconds"].get("missing", 0) + time.time() - t0
+
+    def semi(self, fold: int, seed: int, fraction: float) -> None:
+        unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
+        if f"{fraction:g}" in unit.setdefault("semi", {}):
+            return
+        protocol, depth = f"semi{fraction:g}", unit["depth"]
+        base = self.run(protocol, fold, seed, f"baseline_L{depth}", corr="none", fusion_layers=depth, labeled_fraction=fraction)
+        init = dict(init_from=base["folder"], labeled_fraction=fraction)
+        models = {"baseline": base, "audio only": self.run(protocol, fold, seed, "audio_only", modalities=("audio",), **init),
+                  "visual only": self.run(protocol, fold, seed, "visual_only", modalities=("visual",), **init)}  # fmt: skip
+        for method in ("fg", "fgh"):
+            lam = unit["lam"][method]
+            models[method] = self.run(protocol, fold, seed, f"{method}_lam{lam:g}_L{depth}", corr=method, lam=lam, fusion_layers=depth, **init)
+        unit["semi"][f"{fraction:g}"] = {n: {"outcomes": self.outcomes(r, fold, seed), "digest": self.digest(r)} for n, r in models.items()}
+
+    # ---- the tables
+
+    def save(self) -> None:
+        self.data["minutes_this_call"] = round((time.time() - self.t0) / 60, 1)
+        self.path.write_text(json.dumps(self.data, indent=1))
+        (self.args.out / "results.md").write_text(report_markdown(self.data, self.args))
+        forest_png(self.data, self.args.out / "forest.png")
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def units_of(data: dict, protocol: str) -> list[dict]:
+    return [u for u in data["units"].values() if u["protocol"] == protocol]
+
+
+def model_outcomes(units: list[dict], name: str, where=lambda u: u["models"]) -> list[dict]:
+    return [o for u in units for o in where(u)[name]["outcomes"]]
+
+
+def comparisons(data: dict) -> list[tuple[str, str, dict, bool]]:
+    """(protocol, label, unit_paired result, primary?) for every paired difference the data allows."""
+    rows = []
+    for protocol in ("actor", "random"):
+        units = units_of(data, protocol)
+        if not units:
+            continue
+        pairs = [("fgh", "baseline"), ("fg", "baseline"), ("fgh", "fg"), ("baseline", "audio only"), ("baseline", "visual only"),
+                 ("fgh", "visual only")]  # fmt: skip
+        for a, b in pairs:
+            d = unit_paired(model_outcomes(units, a), model_outcomes(units, b))
+            rows.append((protocol, f"{a} − {b}", d, (protocol, a, b) == PRIMARY))
+    return rows
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def fmt_diff(d: dict) -> str:
+    if d["n"] < 2:
+        return f"{pct(d['mean'])} points (one unit: no interval)"
+    return f"{pct(d['mean'])} points [{pct(d['low'])}, {pct(d['high'])}], {d['above']} up / {d['equal']} equal / {d['below']} down"
+
+
+def report_markdown(data: dict, args) -> str:
+    lines = [f"# Real faces and voices: RAVDESS speech + action units, actors 1-12", "",
+             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {platform.node() or 'this machine'} "
+             f"({platform.processor() or platform.machine()}), updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             f"Primary comparison (named before running): **{PRIMARY[1]} − {PRIMARY[2]}, {PRIMARY[0]}-disjoint protocol**, "
+             f"unit: the actor; {UNIT_RULE}. Every other row is secondary.", ""]  # fmt: skip
+    for protocol in ("actor", "random"):
+        units = units_of(data, protocol)
+        if not units:
+            continue
+        folds, seeds = sorted({u["fold"] for u in units}), sorted({u["seed"] for u in units})
+        actors = sorted({o["actor"] for u in units for o in u["models"]["baseline"]["outcomes"]})
+        lines += [f"## Protocol `{protocol}`: folds {folds}, seeds {seeds}, {len(units)} units, {len(actors)} actors tested", ""]
+        lines += ["| model | accuracy (mean over actors) | 95 % interval | per fold (mean over seeds) | last epoch |", "| --- | --- | --- | --- | --- |"]
+        for name in ("baseline", "audio only", "visual only", "fg", "fgh"):
+            acc = unit_accuracy(model_outcomes(units, name))
+            per_fold = " ".join(f"{100 * v:.1f}" for v in unit_accuracy(model_outcomes(units, name), "fold")["per_unit"].values())
+            last = [u["models"][name]["last_epoch"] for u in units if u["models"][name]["last_epoch"] is not None]
+            lines.append(f"| {name} | {100 * acc['mean']:.1f} % | [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}] | {per_fold} | "
+                         f"{100 * np.mean(last):.1f} % |" if last else f"| {name} | {100 * acc['mean']:.1f} % | | {per_fold} | |")  # fmt: skip
+        lines += ["", "| paired difference | actor-level mean and 95 % interval | per fold | per seed | same model as the baseline |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for proto, label, d, primary in comparisons(data):
+            if proto != protocol:
+                continue
+            a, b = label.split(" − ")
+            same = sum(u["models"][a]["digest"] == u["models"][b]["digest"] for u in units)
+            mark = "**primary**" if primary else "secondary"
+            lines.append(f"| {label} ({mark}) | {fmt_diff(d)} | {' '.join(pct(v) for v in d['per_fold'].values())} | "
+                         f"{' '.join(pct(v) for v in d['per_seed'].values())} | {same} of {len(units)} |")  # fmt: skip
+        picks = {m: {} for m in ("fg", "fgh")}
+        for u in units:
+            for m in picks:
+                picks[m][u["lam"][m]] = picks[m].get(u["lam"][m], 0) + 1
+        depths = {d: sum(u["depth"] == d for u in units) for d in DEPTHS}
+        lines += ["", f"Chosen by validation in the {len(units)} units: fusion depth {', '.join(f'{d} layer(s) {n}x' for d, n in depths.items())}; "
+                  + "; ".join(f"{m} λ " + ", ".join(f"{lam:g} {n}x" for lam, n in sorted(p.items())) for m, p in picks.items()), ""]  # fmt: skip
+        grid_names = sorted({k for u in units for k in u["grid"]})
+        lines += ["Every grid cell against the baseline of the unit's chosen depth (secondary):", "",
+                  "| cell | accuracy | − chosen baseline |", "| --- | --- | --- |"]  # fmt: skip
+        for g in grid_names:
+            if not all(g in u["grid"] for u in units):
+                continue
+            cell = [o for u in units for o in u["grid"][g]]
+            lines.append(f"| {g} | {100 * unit_accuracy(cell)['mean']:.1f} % | {fmt_diff(unit_paired(cell, model_outcomes(units, 'baseline')))} |")
+        lines.append("")
+    main = [u for u in units_of(data, "actor") if "missing" in u]
+    if main:
+        lines += [f"## Missing modality at test time (actor protocol, {len(main)} units, the models above, no retraining)", "",
+                  "| missing | rate | baseline | fg | fgh | fgh − baseline | fg − baseline |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for cond in main[0]["missing"]["baseline"]:
+            get = lambda n: [o for u in main for o in u["missing"][n][cond]]  # noqa: E731
+            s, r = cond.split("@")
+            accs = [f"{100 * unit_accuracy(get(n))['mean']:.1f} %" for n in ("baseline", "fg", "fgh")]
+            lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {' | '.join(accs)} | {fmt_diff(unit_paired(get('fgh'), get('baseline')))} | "
+                         f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
+        lines.append("")
+    semi_units = [u for u in units_of(data, "actor") if u.get("semi")]
+    if semi_units:
+        fractions = sorted({f for u in semi_units for f in u["semi"]}, key=float)
+        lines += ["## Semi-supervised (actor protocol; the unit's chosen depth and λ)", "",
+                  "| labelled | units | audio only | visual only | baseline | fg | fgh | fgh − baseline | fg − baseline |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for f in fractions:
+            us = [u for u in semi_units if f in u["semi"]]
+            get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
+            accs = [f"{100 * unit_accuracy(get(n))['mean']:.1f} %" for n in ("audio only", "visual only", "baseline", "fg", "fgh")]
+            lines.append(f"| {100 * float(f):.0f} % | {len(us)} | {' | '.join(accs)} | {fmt_diff(unit_paired(get('fgh'), get('baseline')))} | "
+                         f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
+        lines.append("")
+    secs = data.get("seconds", {})
+    lines += ["CPU time of what was trained: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in secs.items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def forest_png(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = comparisons(data)
+    for f in ("0.1", "0.25", "0.5"):
+        us = [u for u in units_of(data, "actor") if f in u.get("semi", {})]
+        if us:
+            get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
+            rows.append(("semi", f"fgh − baseline, {100 * float(f):.0f} % labelled", unit_paired(get("fgh"), get("baseline")), False))
+    main = [u for u in units_of(data, "actor") if "missing" in u]
+    for cond in (main[0]["missing"]["baseline"] if main else []):
+        get = lambda n: [o for u in main for o in u["missing"][n][cond]]  # noqa: E731
+        s, r = cond.split("@")
+        rows.append(("missing", f"fgh − baseline, {'AUs' if s == 'visual' else s} gone in {100 * float(r):.0f} %", unit_paired(get("fgh"), get("baseline")), False))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 1.2))
+    for i, (protocol, label, d, primary) in enumerate(rows[::-1]):
+        color = "C3" if primary else "C0"
+        ax.plot([100 * d["low"], 100 * d["high"]], [i, i], color=color, lw=2.5 if primary else 1.5)
+        ax.plot(100 * d["mean"], i, "o", color=color, ms=7 if primary else 5)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{p}: {l}" + ("  (primary)" if pr else "") for p, l, _, pr in rows[::-1]], fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("paired difference, accuracy points (mean over actors, 95 % t interval over actors)")
+    ax.set_title("RAVDESS speech + action units, actors 1-12", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--speech", type=Path, required=True, help="RAVDESS speech folder (Actor_01 ...)")
+    ap.add_argument("--au", type=Path, required=True, help="the action units (ravdess_au/ or its CSV)")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/real_av"))
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+    ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(6)))
+    ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--smoke", action="store_true", help="every code path in minutes: 1 epoch per stage, 2 windows (--out elsewhere)")
+    args = ap.parse_args()
+    args.extra = dict(epochs=1, joint_epochs=1, windows_per_epoch=2, joint_windows=1, val_windows=2) if args.smoke else {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = args.parts.split(",")
+    bench = Bench(args, make_cache(args))
+    steps = []
+    for seed in args.seeds:  # the main protocol over every fold first: every actor tested once
+        steps += [("main", f, seed) for f in args.folds] if "main" in parts else []
+        steps += [("missing", f, seed) for f in args.folds] if "missing" in parts else []
+        for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
+            steps += [("random", f, seed)] if "random" in parts else []
+            steps += [("semi", f, seed)] if "semi" in parts else []
+    for what, fold, seed in steps:
+        t0 = time.time()
+        if what == "main":
+            bench.unit("actor", fold, seed)
+        elif what == "random":
+            bench.unit("random", fold, seed)
+        elif what == "missing":
+            bench.missing(fold, seed)
+        else:
+            for fraction in FRACTIONS:
+                bench.semi(fold, seed, fraction)
+                bench.save()
+        bench.save()
+        print(f"{what} fold {fold} seed {seed}: {time.time() - t0:.0f} s  [{(time.time() - bench.t0) / 60:.0f} min]", flush=True)
+    print((args.out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
