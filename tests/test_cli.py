@@ -88,3 +88,22 @@ def test_a_bug_in_train_is_reported_as_one_and_keeps_its_traceback(tiny, tmp_pat
 def test_folds_without_fold_is_refused(tiny, tmp_path):
     res = run("train", "--cache", tiny / "cache", "--out", tmp_path / "r", "--split", "actor", "--folds", "3")
     assert res.returncode == 2 and "--folds needs --fold" in res.stderr
+
+
+def test_study_takes_trains_names_and_keeps_the_old_ones_with_a_note(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import avhgr.study
+    from avhgr.cli import app
+
+    seen = []
+    monkeypatch.setitem(avhgr.study.STUDIES, "stability", lambda opt: seen.append((opt.layers, opt.lams)))
+    base = ["study", "stability", "--cache", str(tiny / "cache"), "--out", str(tmp_path / "s"), "--device", "cpu"]
+    new = CliRunner().invoke(app, [*base, "--fusion-layers", "1,2", "--lam", "0.1,1"])
+    assert new.exit_code == 0, new.output
+    monkeypatch.setattr(sys, "argv", ["avhgr", *base, "--layers", "1", "--lams", "1"])
+    old = CliRunner().invoke(app, [*base, "--layers", "1", "--lams", "1"])
+    assert old.exit_code == 0, old.output
+    assert seen == [((1, 2), (0.1, 1.0)), ((1,), (1.0,))]
+    assert "study --lams is now --lam" in old.output and "study --layers is now --fusion-layers" in old.output
+    assert "is now" not in new.output

@@ -205,7 +205,7 @@ def test_kill_9_during_train_then_resume_ends_like_an_uninterrupted_run(tiny, tm
 
 
 def test_kill_9_during_study_then_rerun_finishes_the_same_table(tiny, tmp_path):
-    args = ["study", "stability", "--cache", str(tiny / "cache"), "--quick", "--layers", "1", "--lams", "1", "--batch-size", "16", "--device", "cpu"]
+    args = ["study", "stability", "--cache", str(tiny / "cache"), "--quick", "--fusion-layers", "1", "--lam", "1", "--batch-size", "16", "--device", "cpu"]
     whole = subprocess.run([*CLI, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     cut = tmp_path / "cut"

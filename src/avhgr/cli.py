@@ -9,7 +9,13 @@ from typing import Literal, Optional
 
 import typer
 
-from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, SCHEDULES, SPLITS
+from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, RECIPES, SCHEDULES, SPLITS
+
+def recipe_help(key: str, text: str) -> str:
+    """An option a recipe fills: its help says what each recipe gives it."""
+    shown = {name: RECIPES[name][key] for name in ("avhgr", "paper")}
+    return f"{text} (recipe avhgr: {shown['avhgr']}; paper: {shown['paper']})"
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audio-visual emotion recognition with Soft-HGR.")
 
@@ -74,7 +80,7 @@ def preprocess(
     emotions: str = typer.Option("basic6", help="basic6 (the paper's six), all, or a comma-separated list."),
     annotations: Optional[Path] = typer.Option(None, help="BAUM-1s: the annotation CSV."),
     workers: int = typer.Option(0, help="Worker processes (0: one per core, up to 8)."),
-    device: str = typer.Option("cpu", help="cpu or cuda (MTCNN)."),
+    device: str = typer.Option("auto", help="Where MTCNN runs: auto (the GPU when there is one), cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Seed of the random windows."),
     overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
     retry_failed: bool = typer.Option(False, help="Try every file that failed again (files that failed by an internal error are retried anyway)."),
@@ -89,6 +95,7 @@ def preprocess(
 ):
     """Cut every video into windows: face crops (MTCNN) and log-Mel spectrograms, into a cache."""
     from .datasets import index_dataset, select_emotions
+    from .distributed import resolve_device
     from .features import FeatureSettings
     from .preprocess import default_workers, parse_shard, run_preprocess
     from .visual_features import open_table
@@ -104,7 +111,7 @@ def preprocess(
             detect_size=detect_size, min_face=min_face, seed=seed,
         )  # fmt: skip
         report = run_preprocess(
-            videos, classes, out, settings, root, dataset, workers or default_workers(), device, overwrite, retry_failed=retry_failed,
+            videos, classes, out, settings, root, dataset, workers or default_workers(), str(resolve_device(device)), overwrite, retry_failed=retry_failed,
             shard=parse_shard(shard), features=open_table(visual_features, columns=feature_columns.split(",") if feature_columns else None,
                                 allow_partial=allow_partial_features) if visual_features else None,
         )  # fmt: skip
@@ -144,19 +151,19 @@ def inspect(
 def train(
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Run folder to write."),
-    corr: Optional[Literal[CORRS]] = typer.Option(None, help="fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline)."),
-    lam: Optional[float] = typer.Option(None, help="λ, the weight of the correlation loss."),
-    fusion_layers: Optional[int] = typer.Option(None, help="Hidden layers of the fusion network: 1, 2 or 4."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (each network alone; a unimodal model's)."),
-    joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (joint) after its fusion warm-up."),
+    corr: Optional[Literal[CORRS]] = typer.Option(None, help=recipe_help("corr", "fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline).")),
+    lam: Optional[float] = typer.Option(None, help=recipe_help("lam", "λ, the weight of the correlation loss.")),
+    fusion_layers: Optional[int] = typer.Option(None, help=recipe_help("fusion_layers", "Hidden layers of the fusion network: 1, 2 or 4.")),
+    epochs: Optional[int] = typer.Option(None, help=recipe_help("epochs", "Epochs of stage 1 (each network alone; a unimodal model's).")),
+    joint_epochs: Optional[int] = typer.Option(None, help=recipe_help("joint_epochs", "Epochs of stage 2 (joint) after its fusion warm-up.")),
     pretrain_epochs: Optional[int] = typer.Option(None, hidden=True),
-    joint_windows: Optional[str] = typer.Option(None, help="Windows per video each stage-2 epoch: all, or N drawn anew."),
-    val_windows: Optional[str] = typer.Option(None, help="Windows per validation video: all, or the first N."),
-    batch_size: Optional[int] = typer.Option(None, help="Windows per optimiser step (default: the recipe's, 64; the paper's 90)."),
-    lr: float = typer.Option(1e-3),
-    seed: int = typer.Option(0),
+    joint_windows: Optional[str] = typer.Option(None, help=recipe_help("joint_windows", "Windows per video each stage-2 epoch: all, or N drawn anew.")),
+    val_windows: Optional[str] = typer.Option(None, help=recipe_help("val_windows", "Windows per validation video: all, or the first N.")),
+    batch_size: Optional[int] = typer.Option(None, help=recipe_help("batch_size", "Windows per optimiser step (shared between the processes under torchrun).")),
+    lr: float = typer.Option(1e-3, help="Learning rate (Adam or AdamW) of both stages."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the batches (with --runs N: seed, seed + 1, ...)."),
     runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
-    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="The ResNet of each network (recipe avhgr: resnet18; paper: resnet50)."),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help=recipe_help("backbone", "The ResNet of each network.")),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
     modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
     split: Literal[SPLITS] = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
@@ -169,19 +176,19 @@ def train(
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
     recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults, docs/training.md) or paper (the paper's literal settings)."),
-    feature_norm: Optional[Literal[FEATURE_NORMS]] = typer.Option(None, help="none (paper), batch or rescale: f and g before fusion and L_corr."),
-    lam_warmup: Optional[int] = typer.Option(None, help="Epochs over which λ grows from 0 at the start of stage 2."),
-    fusion_warmup: Optional[int] = typer.Option(None, help="Epochs before stage 2 in which only the fusion network learns (CE alone)."),
+    feature_norm: Optional[Literal[FEATURE_NORMS]] = typer.Option(None, help=recipe_help("feature_norm", "none (paper), batch or rescale: f and g before fusion and L_corr.")),
+    lam_warmup: Optional[int] = typer.Option(None, help=recipe_help("lam_warmup", "Epochs over which λ grows from 0 at the start of stage 2.")),
+    fusion_warmup: Optional[int] = typer.Option(None, help=recipe_help("fusion_warmup", "Epochs before stage 2 in which only the fusion network learns (CE alone).")),
     joint_lr: Optional[float] = typer.Option(None, help="Learning rate of stage 2 (default: the same as --lr)."),
-    weight_decay: Optional[float] = typer.Option(None, help="Decoupled weight decay (AdamW); 0: Adam."),
-    schedule: Optional[Literal[SCHEDULES]] = typer.Option(None, help="constant or cosine learning rate within each stage."),
-    windows_per_epoch: Optional[str] = typer.Option(None, help="Windows per video each epoch: all cached ones, or N drawn anew each epoch (default: the recipe's, 20; the paper's all)."),
-    spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help="Time and frequency masks."),
-    face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help="Random flips and crops of faces."),
-    level: Optional[Literal[LEVELS]] = typer.Option(None, help="Spectrogram level: absolute, recording or window."),
-    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help="Windows without a found face have no visual input, without speech no audio input."),
-    feature_noise: Optional[float] = typer.Option(None, help="Facial features (--visual-features caches): deviation of the noise added in training."),
-    modality_dropout: Optional[float] = typer.Option(None, help="Stage 2 and its fusion warm-up: share of training windows that lose one of their two inputs."),
+    weight_decay: Optional[float] = typer.Option(None, help=recipe_help("weight_decay", "Decoupled weight decay (AdamW); 0: Adam.")),
+    schedule: Optional[Literal[SCHEDULES]] = typer.Option(None, help=recipe_help("schedule", "constant or cosine learning rate within each stage.")),
+    windows_per_epoch: Optional[str] = typer.Option(None, help=recipe_help("windows_per_epoch", "Windows per video each epoch: all cached ones, or N drawn anew each epoch.")),
+    spec_augment: Optional[bool] = typer.Option(None, "--spec-augment/--no-spec-augment", help=recipe_help("spec_augment", "Time and frequency masks.")),
+    face_augment: Optional[bool] = typer.Option(None, "--face-augment/--no-face-augment", help=recipe_help("face_augment", "Random flips and crops of faces.")),
+    level: Optional[Literal[LEVELS]] = typer.Option(None, help=recipe_help("level", "Spectrogram level: absolute, recording or window.")),
+    evidence: Optional[bool] = typer.Option(None, "--evidence/--no-evidence", help=recipe_help("evidence", "Windows without a found face have no visual input, without speech no audio input.")),
+    feature_noise: Optional[float] = typer.Option(None, help=recipe_help("feature_noise", "Facial features (--visual-features caches): deviation of the noise added in training.")),
+    modality_dropout: Optional[float] = typer.Option(None, help=recipe_help("modality_dropout", "Stage 2 and its fusion warm-up: share of training windows that lose one of their two inputs.")),
 ):
     """Train the paper's model: stage 1 (each network alone), stage 2 (joint, CE + λ·L_corr)."""
     from .stats import mean_std
@@ -225,7 +232,7 @@ def evaluate(
     missing: Optional[Literal["audio", "visual", "both"]] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
     rate: Optional[float] = typer.Option(None, help="With --missing: the fraction of test videos missing it (default 1: every one)."),
     seed: int = typer.Option(0, help="Seed of the choice of videos."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ):
     """Video-level test accuracy of a run, optionally with a modality missing for some videos."""
@@ -270,7 +277,7 @@ def predict(
     windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had: 60 for preprocess' default and the built-in model)."),
     visual_features: Optional[Path] = typer.Option(None, help="For a model trained on facial features: the table (a CSV with a row per "
                                                    "recording, column 'file' ending each file's path, or a folder of OpenFace CSVs)."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
 ):
     """The emotion in each file, from the same preprocessing as training.
 
@@ -339,7 +346,7 @@ def watch(
     hop: Optional[float] = typer.Option(None, help="Seconds between windows (default: the window length, 0.5 s)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Input format where FFmpeg cannot guess it: v4l2 (Linux camera), avfoundation, dshow, mpegts ..."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per window."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
 ):
     """Live emotion, window after window, from a camera, a stream or standard input. Ends at the
     end of the stream or with Ctrl-C."""
@@ -393,31 +400,34 @@ def _floats(text: str) -> tuple[float, ...]:
 
 @app.command()
 def study(
-    name: str = typer.Argument(..., help="stability | missing | semi"),
+    name: Literal["stability", "missing", "semi"] = typer.Argument(..., help="stability (fusion depth x λ), missing (a modality missing) or semi (a share labelled)."),
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Study folder (rerun to finish what is missing)."),
     quick: bool = typer.Option(False, help="Smoke version: 1 seed, 1 epoch per stage, ResNet-18, reduced grid."),
     runs: Optional[int] = typer.Option(None, help="Seeds per cell (paper: 5)."),
-    seed: int = typer.Option(0),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per stage (paper: 100)."),
+    seed: int = typer.Option(0, help="The first seed; the cells' runs take seed, seed + 1, ..."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (default: the recipe's; paper: 100)."),
     joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (default: the recipe's)."),
-    batch_size: Optional[int] = typer.Option(None),
-    lr: Optional[float] = typer.Option(None),
-    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="Default resnet50 (resnet18 with --quick)."),
-    pretrained: str = typer.Option("none"),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the recipe's)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the recipe's)."),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="The ResNet of each network (default: the recipe's; resnet18 with --quick)."),
+    pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file (as train's --pretrained)."),
     split: Literal["random", "actor"] = typer.Option("random", help="random or actor."),
     recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
-    layers: Optional[str] = typer.Option(None, help="Fusion layers, e.g. 1,2,4."),
-    lams: Optional[str] = typer.Option(None, help="λ values, e.g. 0.01,0.1,1,10."),
-    rates: Optional[str] = typer.Option(None, help="missing: rates, e.g. 0,0.2,0.5,0.8."),
-    fractions: Optional[str] = typer.Option(None, help="semi: labelled fractions, e.g. 0.2,0.5,0.8,1."),
-    device: str = typer.Option("auto"),
+    layers: Optional[str] = typer.Option(None, "--fusion-layers", "--layers", help="stability: fusion depths, one or a list, e.g. 1,2,4 (as train's --fusion-layers)."),
+    lams: Optional[str] = typer.Option(None, "--lam", "--lams", help="λ, one or a list, e.g. 0.01,0.1,1 (as train's --lam)."),
+    rates: Optional[str] = typer.Option(None, "--rate", "--rates", help="missing: the share of test videos missing a modality, one or a list, e.g. 0.25,0.5,0.75 (as evaluate's --rate)."),
+    fractions: Optional[str] = typer.Option(None, "--labeled-fraction", "--fractions", help="semi: the labelled share, one or a list, e.g. 0.1,0.25,0.5 (as train's --labeled-fraction)."),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
 ):
     """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""
+    import sys
+
     from .study import STUDIES, StudyOptions
 
-    if name not in STUDIES:
-        fail(f"unknown study {name!r}: stability, missing or semi")
+    for old, new in (("--layers", "--fusion-layers"), ("--lams", "--lam"), ("--rates", "--rate"), ("--fractions", "--labeled-fraction")):
+        if any(a == old or a.startswith(old + "=") for a in sys.argv[1:]):
+            typer.echo(f"note: study {old} is now {new} (the same name as in train and evaluate); {old} will go in a later release", err=True)
     given = {k: v for k, v in dict(
         runs=runs, epochs=epochs, joint_epochs=joint_epochs, batch_size=batch_size, lr=lr, backbone=backbone,
         layers=tuple(int(x) for x in layers.split(",")) if layers else None, lams=_floats(lams) if lams else None,

@@ -18,7 +18,7 @@ its voice. Face and voice share the class information, which is
 what the Soft-HGR term H(f, g) is there to find. Each video gets its own jitter of position,
 size, tilt, tint, pitch, tempo and noise, and a "subject" (one of four), so actor-disjoint splits
 work too. ``CorpusSpec`` holds every setting; the demo's (``DEMO_CORPUS``) is chosen so that no
-fused model saturates (README, "Does Soft-HGR help?"), the tests' ``EASY`` has no misleading
+fused model saturates (docs/training.md, "Does Soft-HGR help?"), the tests' ``EASY`` has no misleading
 videos and clear states.
 """
 
@@ -266,7 +266,7 @@ def run_demo(out: Path, spec: CorpusSpec = DEMO_CORPUS, epochs: int = 6, joint_e
         f"(where at most one of them misleads): no model can pass {100 * ceilings['fused']:.0f} %, and a model has "
         "to learn all this from 36 training videos (12 more validate). The test set is 12 videos, so accuracies move in steps of 8.3 %, "
         "and one seed is one draw that can put the rows in any order: `bench/learning.py` gives the mean over 5 seeds, "
-        "paired, with the difference HGR makes and its interval (README, \"Does Soft-HGR help?\": there the fused "
+        "paired, with the difference HGR makes and its interval (docs/training.md, \"Does Soft-HGR help?\": there the fused "
         "baseline is ahead of both unimodal models on average, and fg and fgh at λ = 1 are not ahead of the baseline). "
         "Every joint model starts from the same stage 1 and the same one-epoch fusion warm-up (CE alone); its kept "
         "epoch is the best of the epochs after it, in which its own loss (with L_corr for fg and fgh) trained it. "

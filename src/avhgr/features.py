@@ -25,7 +25,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    windows: int = 60  # the pool each epoch draws the recipe's windows_per_epoch from (README, "Training recipe")
+    windows: int = 60  # the pool each epoch draws the recipe's windows_per_epoch from (docs/training.md, "Training recipe")
     window_seconds: float = 0.5
     sample_rate: int = 48_000
     n_mels: int = 94

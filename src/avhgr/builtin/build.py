@@ -164,7 +164,7 @@ sentences spoken with each emotion at two intensities, twice. The six basic emot
 ```
 
 at commit {commit}, in {cv['build_minutes']} minutes {device}{' with bf16 autocast' if c['amp'] else ''}. Recipe `{c['recipe']}` of
-`avhgr train` (README, "Training recipe"): {net} {start}, {c['epochs']} epochs, batch {c['batch_size']},
+`avhgr train` (docs/training.md, "Training recipe"): {net} {start}, {c['epochs']} epochs, batch {c['batch_size']},
 {'AdamW' if c['weight_decay'] else 'Adam'} (weight decay {c['weight_decay']}), learning rate {c['lr']:g} ({c['schedule']} schedule), {per_epoch},
 {augment}, {level}, {'windows without speech left out' if c['evidence'] else 'every window used'}. The shipped model was trained on all {len(cv['actors'])} actors (`--split all`, the last epoch kept);
 its weights are float16 ({cv['weights_bytes'] / 1e6:.1f} MB).{note}
