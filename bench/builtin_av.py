@@ -94,6 +94,8 @@ def port(args, clips: list[Path], out: dict) -> None:
     keras, tflite = np.array(ref["keras"]), np.array(ref["tflite"])
     out["port"] |= {"max_abs_diff_keras": float(np.abs(ours - keras).max()), "max_abs_diff_tflite": float(np.abs(ours - tflite).max()),
                     "same_top_class_keras": float((ours.argmax(1) == keras.argmax(1)).mean()),
+                    # the quantised file's own error: how far TFLite is from the Keras original it was made from
+                    "max_abs_diff_keras_vs_tflite": float(np.abs(keras - tflite).max()), "mean_abs_diff_keras_vs_tflite": float(np.abs(keras - tflite).mean()),
                     "reference": f"{Path(args.reference_python)}: TensorFlow's Keras and TFLite"}  # fmt: skip
     if ref["cv2_input"] is not None:
         cv = torch.tensor(ref["cv2_input"], dtype=torch.float32)[:, None]
