@@ -88,12 +88,12 @@ def outcome(report: dict, folder: Path) -> dict:
 
 
 def demo_part(args) -> None:
-    from avhgr.distributed import fast_amp
+    from avhgr.precision import default_amp
 
     t0 = time.time()
     cache = demo_cache(args.out, args.per_class)
     seeds = list(range(args.seeds))
-    amp = args.amp if args.amp is not None else fast_amp("cpu")  # as make demo
+    amp = args.amp if args.amp is not None else default_amp("cpu")  # as make demo
     precision = "bf16" if amp else "fp32"
     common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, pretrain_epochs=args.epochs, device="cpu",
                   amp=amp)  # fmt: skip
@@ -145,9 +145,9 @@ def ravdess_part(args) -> None:
         videos, classes = select_emotions(index_dataset("ravdess", args.ravdess), "basic6")
         run_preprocess(videos, classes, cache, FeatureSettings(windows=args.windows), args.ravdess, "ravdess",
                        workers=default_workers(), progress=False)  # fmt: skip
-    from avhgr.distributed import fast_amp
+    from avhgr.precision import default_amp
 
-    amp = args.amp if args.amp is not None else fast_amp(args.device)  # as the built-in model's build
+    amp = args.amp if args.amp is not None else default_amp(args.device)  # as the built-in model's build
     accs, per_epoch = [], []
     for fold in args.folds:
         out = args.out / "ravdess_runs" / f"{args.recipe}_{args.backbone}_{'bf16' if amp else 'fp32'}{_tag(args.set)}_fold{fold}"
@@ -170,7 +170,7 @@ def ravdess_part(args) -> None:
 def ravdess_au_part(args) -> None:
     """Real faces and voices: RAVDESS speech (actors 1-12, six classes) with the facial action units
     of the same takes as the visual input, actor-disjoint folds x seeds, every model paired."""
-    from avhgr.distributed import fast_amp
+    from avhgr.precision import default_amp
     from avhgr.visual_features import open_table
 
     t0 = time.time()
@@ -179,7 +179,7 @@ def ravdess_au_part(args) -> None:
     cache = args.out / "ravdess_au_cache"
     run_preprocess(videos, classes, cache, FeatureSettings(windows=args.windows), args.ravdess, "ravdess", workers=default_workers(),
                    progress=False, features=open_table(table))  # fmt: skip
-    amp = args.amp if args.amp is not None else fast_amp(args.device)
+    amp = args.amp if args.amp is not None else default_amp(args.device)
     precision = "bf16" if amp else "fp32"
     common = dict(cache=str(cache), split="actor", backbone=args.backbone, pretrain_epochs=args.ravdess_epochs, epochs=args.joint_epochs,
                   device=args.device, amp=amp, **args.set)  # fmt: skip

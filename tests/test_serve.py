@@ -170,3 +170,42 @@ def test_the_page_in_a_real_browser_shows_the_emotion_and_its_timeline_offline(s
     assert emotion and emotion != "no emotion" and bars == 6 and rows >= 7
     assert (tmp_path / "page.png").stat().st_size > 10_000
     assert elsewhere == []  # nothing from a CDN, no fonts, no analytics
+
+
+def test_a_bug_while_answering_is_json_in_words_and_the_server_goes_on(capfd):
+    """Only a UserError was caught: any other exception became a plain-text 500 from the framework."""
+    import uvicorn
+
+    from avhgr.serve import create_app
+
+    class Broken:  # a model whose preprocessing has a bug
+        name = "broken"
+
+        def windows_of_file(self, path, hop):
+            raise ZeroDivisionError("a bug")
+
+    class Model:
+        name, _predictor = "broken", Broken()
+
+        def info(self):
+            return {"name": "broken"}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Model()), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                get(url + "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        status, body, _ = post(url, "clip.mp4", b"\x00" * 100)
+        assert status == 500 and "clip.mp4: an internal error in avhgr (ZeroDivisionError)" in body["error"]
+        assert get(url + "/healthz")["status"] == "ok"  # still serving
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert "ZeroDivisionError: a bug" in capfd.readouterr().err  # the traceback, in the server's log

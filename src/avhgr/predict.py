@@ -114,7 +114,12 @@ class Predictor:
         used = visual | audio
         probs = np.full((n, len(self.classes)), np.nan, np.float32)
         rows = np.flatnonzero(used)
+        self.expert_probs = None  # this file's experts only: never the previous file's
         if not len(rows):
+            if hasattr(self.model, "trace"):  # the built-in model: no expert answered any window
+                c = len(self.classes)
+                self.expert_probs = {"face": np.full((n, c), np.nan, np.float32), "voice": np.full((n, c), np.nan, np.float32),
+                                     "face_neutral": np.full(n, np.nan, np.float32)}  # fmt: skip
             return probs, used
         faces = w.visual if "visual" in self.modalities else None
         specs = w.specs if "audio" in self.modalities else None
@@ -133,7 +138,6 @@ class Predictor:
         if experts:
             self.model.trace = []
         probs[rows] = window_probabilities(self.model, reader, rows, self.device, PREDICT_BATCH, self.amp)
-        self.expert_probs = None
         if experts:
             self.expert_probs = {k: np.full((n, *np.shape(self.model.trace[0][k])[1:]), np.nan, np.float32) for k in self.model.trace[0]}
             for k in self.expert_probs:

@@ -5,10 +5,10 @@
     GET  /api/model     what the model is (name, classes, inputs, experts) and its card
     GET  /healthz       alive, and how busy
 
-FastAPI (typed endpoints, OpenAPI docs at /docs) with a small page of our own: everything it needs is
+FastAPI (typed endpoints, its OpenAPI schema at /openapi.json) with a small page of our own: everything it needs is
 served by this process (no fonts, scripts or styles from elsewhere, no analytics), so it works with
 no network at all. Gradio would bring its own front end of several megabytes and fetches from the
-network by default; a page of ~15 KB does what this one needs.
+network by default; a page of about 8 KB does what this one needs.
 
 What the server owes its users: it binds to 127.0.0.1 unless told otherwise; an upload over
 ``--max-upload-mb`` is refused with 413 as soon as that is known (from Content-Length, or while the
@@ -26,9 +26,11 @@ import base64
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -68,6 +70,12 @@ class Busy:
 
     def retry_after(self) -> int:
         return max(1, round(self.seconds * (self.queue + 1) / self.workers))
+
+
+def log_bug(name: str, exc: BaseException) -> None:
+    """A bug while answering a request: its traceback in the server's log, where an operator looks."""
+    print(f"avhgr serve: an internal error while answering for {name}:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 def safe_name(name: str | None) -> str:
@@ -148,6 +156,9 @@ def create_app(model, max_upload_mb: float = 50.0, workers: int = 1, queue: int 
                 except UserError as exc:
                     status = 415 if type(exc).__name__ == "MediaError" else 422
                     return error(status, str(exc).replace(str(path), name))
+                except Exception as exc:  # noqa: BLE001 - a bug, not the file's fault: JSON in words, and the server goes on
+                    log_bug(name, exc)
+                    return error(500, f"{name}: an internal error in avhgr ({type(exc).__name__}); the server goes on")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
             busy.leave(None if started is None else time.time() - started)

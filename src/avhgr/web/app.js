@@ -88,6 +88,10 @@ $("file").addEventListener("change", (e) => { const f = e.target.files[0]; if (f
 
 $("record").addEventListener("click", async () => {
   let stream;
+  if (!navigator.mediaDevices) {  // browsers give the camera only to https pages and to localhost
+    status("recording needs this page at http://127.0.0.1 or localhost, or over https; a file can still be dropped", true);
+    return;
+  }
   try {
     stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
   } catch (err) {
