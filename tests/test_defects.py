@@ -143,6 +143,8 @@ def test_a_table_keyed_to_another_root_is_refused_and_the_match_rate_reported(tm
     report = run_preprocess(videos, ["happiness", "sadness"], tmp_path / "c", settings, root, "folder", progress=False,
                             features=open_table(table, allow_partial=True))  # fmt: skip
     assert report["visual_features_matched"] == {"recordings": 1, "of": 4}
+    on_disk = json.loads((tmp_path / "c" / "report.json").read_text())  # where a user looks later: it was only returned
+    assert on_disk["visual_features_matched"] == {"recordings": 1, "of": 4}
 
 
 def test_only_action_units_or_named_columns_and_never_a_label(tmp_path):
@@ -223,10 +225,11 @@ def test_settings_that_would_do_nothing_are_refused(tiny):
     for kw, word in ((dict(modalities=("audio",), lam=0.1), "--lam"), (dict(modalities=("audio",), corr="fg"), "--corr"),
                      (dict(modalities=("visual",), modality_dropout=0.2), "--modality-dropout"),
                      (dict(feature_noise=0.5), "--feature-noise"), (dict(corr="none", lam=0.5), "--lam"),
-                     (dict(modalities=("visual",), spec_augment=True), "--spec-augment")):  # fmt: skip
+                     (dict(modalities=("visual",), spec_augment=True), "--spec-augment"),
+                     (dict(modalities=("audio",), joint_lr=1e-4), "--joint-lr"), (dict(modalities=("visual",), level="window"), "--level")):  # fmt: skip
         with pytest.raises(RunError, match=f"{word} would do nothing here"):
             TrainConfig(cache=cache, out="o", **kw)
-    TrainConfig(cache=cache, out="o", corr="fg", lam=0.1, modality_dropout=0.2)  # a joint run: all of them act
+    TrainConfig(cache=cache, out="o", corr="fg", lam=0.1, modality_dropout=0.2, joint_lr=1e-4, level="window")  # a joint run: all of them act
 
 
 # ------------------------------------------------------------------ 9. one precision rule

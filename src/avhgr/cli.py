@@ -128,6 +128,10 @@ def preprocess(
         + (f", faces found in {100 * rate:.1f} % of video windows" if rate is not None else "")
         + f", {report['videos_failed']} failed (see {out / 'report.json'})"
     )
+    matched = report.get("visual_features_matched")
+    if matched:
+        typer.echo(f"  the feature table names {matched['recordings']} of the {matched['of']} recordings "
+                   f"({100 * matched['recordings'] / max(matched['of'], 1):.0f} %); the others have no visual input")
     for f in report["failed"][:10]:
         typer.echo(f"  failed: {f['path']}: {f['reason']}")
 

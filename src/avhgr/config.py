@@ -169,6 +169,8 @@ class TrainConfig:
             noop += [(k, f"a {self.modalities[0]}-only run has no stage 2") for k in
                      ("corr", "lam", "fusion_layers", "modality_dropout", "joint_epochs", "joint_windows", "lam_warmup", "fusion_warmup",
                       "feature_norm") if given(k)]  # fmt: skip
+            if self.joint_lr is not None:
+                noop.append(("joint_lr", f"a {self.modalities[0]}-only run has no stage 2"))
         elif self.corr == "none":
             noop += [(k, "--corr none trains without L_corr") for k in ("lam", "lam_warmup") if given(k)]
         if given("feature_noise") and self.feature_noise and ("visual" not in self.modalities or kind == "faces"):
@@ -177,6 +179,8 @@ class TrainConfig:
             noop.append(("face_augment", "it applies to face crops, and this run has none"))
         if given("spec_augment") and self.spec_augment and "audio" not in self.modalities:
             noop.append(("spec_augment", "a visual-only run has no spectrograms"))
+        if given("level") and "audio" not in self.modalities:
+            noop.append(("level", "a visual-only run has no spectrograms"))
         if noop:
             key, why = noop[0]
             raise RunError(f"--{key.replace('_', '-')} would do nothing here ({why}); leave it out")

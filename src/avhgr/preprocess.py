@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import (CacheError, Consolidated, ConsolidationLock, code_identity, consolidate, has_result, is_done, prepare_cache_dir, reopen,
+from .cache import (CacheError, Consolidated, ConsolidationLock, atomic_write_text, code_identity, consolidate, has_result, is_done, prepare_cache_dir, reopen,
                     retry_by_default, write_failure, write_part)  # fmt: skip
 from .datasets import Video
 from .decode import MediaError, probe, read_audio_windows, read_frames_at
@@ -302,8 +303,6 @@ def run_preprocess(
     only the videos whose index is k modulo n; the process that finds every share done
     consolidates. ``features``: a ``visual_features.FeatureTable``, the visual input instead of
     face crops (recorded in the cache's settings)."""
-    import json
-
     from tqdm import tqdm
 
     out = Path(out)
@@ -386,10 +385,11 @@ def run_preprocess(
         if (out / "COMPLETE").exists():  # another process finished it in the meantime
             return json.loads((out / "report.json").read_text())
         report = consolidate(out, videos, list(classes), cache_settings, time.time() - t0)
+        if coverage is not None:  # in the report on disk too, where a user looks later
+            report["visual_features_matched"] = {"recordings": coverage["matched"], "of": coverage["files"]}
+            atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     finally:
         lock.release()
-    if coverage is not None:
-        report["visual_features_matched"] = {"recordings": coverage["matched"], "of": coverage["files"]}
     return report
 
 
