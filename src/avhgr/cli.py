@@ -244,12 +244,14 @@ def evaluate(
 
     from .evaluate import evaluate_run
 
+    import statistics
+
     seeds = [] if (run / "config.json").exists() else sorted(p.parent for p in run.glob("*/config.json"))
     if seeds:  # a folder of `train --runs N`: every seed, then their mean
         with errors_reported("evaluate"):
             results = {p.name: evaluate_run(p, cache, missing, rate, seed, device) for p in seeds}
         accs = [100 * r["video_accuracy"] for r in results.values()]
-        mean, std = sum(accs) / len(accs), (sum((a - sum(accs) / len(accs)) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
+        mean, std = statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
         if json_out:
             clean = {k: {f: v for f, v in r.items() if f != "predictions"} for k, r in results.items()}
             typer.echo(json.dumps({"runs": clean, "mean_video_accuracy": mean / 100, "std_video_accuracy": std / 100}, indent=2))
