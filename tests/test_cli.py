@@ -28,16 +28,30 @@ def run(*args, timeout=300):
 
 
 def test_evaluate_missing_without_rate_takes_the_modality_from_every_video_and_refuses_typos(audio_run):
-    res = run("evaluate", audio_run, "--missing", "audio", "--device", "cpu", "--json")
+    res = run("evaluate", "--model", audio_run, "--missing", "audio", "--device", "cpu", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["videos_missing"] == out["videos"] == 6 and out["rate"] == 1.0
     assert out["video_accuracy"] == 0.0  # an audio-only model without audio has nothing to go on
-    typo = run("evaluate", audio_run, "--missing", "adio", "--rate", "0")
+    typo = run("evaluate", "--model", audio_run, "--missing", "adio", "--rate", "0")
     words = " ".join(typo.stderr.replace("│", " ").split())
     assert typo.returncode == 2 and "'adio' is not one of 'audio', 'visual', 'both'" in words and "Traceback" not in typo.stderr
-    alone = run("evaluate", audio_run, "--rate", "0.5")
+    alone = run("evaluate", "--model", audio_run, "--rate", "0.5")
     assert alone.returncode == 2 and "--rate needs --missing" in alone.stderr
+
+
+def test_evaluate_and_inspect_take_the_path_as_an_option_and_keep_the_bare_path_with_a_note(audio_run, tiny, tmp_path):
+    new = run("evaluate", "--model", audio_run, "--device", "cpu", "--json")
+    old = run("evaluate", audio_run, "--device", "cpu", "--json")
+    assert new.returncode == old.returncode == 0, old.stderr
+    assert json.loads(old.stdout) == json.loads(new.stdout)
+    assert "is now `avhgr evaluate --model PATH`" in old.stderr and "is now" not in new.stderr
+    both = run("evaluate", audio_run, "--model", audio_run)
+    assert both.returncode == 2 and "give the path once" in both.stderr
+    neither = run("evaluate", "--device", "cpu")
+    assert neither.returncode == 2 and "needs --model PATH" in neither.stderr
+    sheet = run("inspect", tiny / "cache", "--out", tmp_path / "s.png")
+    assert sheet.returncode == 0 and (tmp_path / "s.png").exists() and "--cache PATH" in sheet.stderr
 
 
 def test_evaluate_on_a_folder_of_seed_runs_gives_each_and_their_mean(audio_run, tmp_path):
@@ -46,12 +60,12 @@ def test_evaluate_on_a_folder_of_seed_runs_gives_each_and_their_mean(audio_run, 
     folder = tmp_path / "seeds"
     for name in ("seed0", "seed1"):
         shutil.copytree(audio_run, folder / name)
-    res = run("evaluate", folder, "--device", "cpu", "--json")
+    res = run("evaluate", "--model", folder, "--device", "cpu", "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     one = evaluate_run(audio_run, device="cpu")["video_accuracy"]
     assert set(out["runs"]) == {"seed0", "seed1"} and out["mean_video_accuracy"] == pytest.approx(one)
-    text = run("evaluate", folder, "--device", "cpu")
+    text = run("evaluate", "--model", folder, "--device", "cpu")
     assert text.returncode == 0 and "seed1: video accuracy" in text.stdout and "mean over 2 runs" in text.stdout
 
 

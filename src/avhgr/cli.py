@@ -55,6 +55,20 @@ def errors_reported(command: str, folder: Path | None = None):
         fail(bug_line(command, exc, folder), code=1)
 
 
+def moved_to_option(command: str, option: str, positional: Path | None, given: Path | None) -> Path:
+    """The path a command used to take as its first argument and now takes as ``option`` (the name
+    the other commands give it): the old spelling still works for a release, with a note."""
+    if positional is not None and given is not None:
+        fail(f"give the path once: {option} {given} (the bare path {positional} is the older spelling)")
+    if positional is not None:
+        typer.echo(f"note: `avhgr {command} PATH` is now `avhgr {command} {option} PATH` (as in the other commands); "
+                   "the bare path will go in a later release", err=True)  # fmt: skip
+        return positional
+    if given is None:
+        fail(f"avhgr {command} needs {option} PATH")
+    return given
+
+
 def bug_line(command: str, exc: Exception, folder: Path | None = None, what: str | Path | None = None) -> str:
     """The one line for a bug, its traceback appended to ``folder``/errors.log (or the temporary
     folder's avhgr-<command>-errors.log)."""
@@ -138,7 +152,8 @@ def preprocess(
 
 @app.command()
 def inspect(
-    cache: Path = typer.Argument(..., help="A cache folder made by `avhgr preprocess`."),
+    old_cache: Optional[Path] = typer.Argument(None, hidden=True, metavar="CACHE", help="(older spelling of --cache)"),
+    cache: Optional[Path] = typer.Option(None, help="A cache folder made by `avhgr preprocess` (required)."),
     out: Path = typer.Option(Path("sheet.png"), help="PNG to write."),
     per_class: int = typer.Option(4, help="Windows shown per class."),
 ):
@@ -146,6 +161,7 @@ def inspect(
     from .cache import Cache
     from .plots import contact_sheet
 
+    cache = moved_to_option("inspect", "--cache", old_cache, cache)
     with errors_reported("inspect"):
         path = contact_sheet(Cache.open(cache), out, per_class)
     typer.echo(f"wrote {path}")
@@ -231,7 +247,8 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="A run folder made by `avhgr train`, or a folder of its --runs N (each seed, then the mean)."),
+    old_run: Optional[Path] = typer.Argument(None, hidden=True, metavar="RUN", help="(older spelling of --model)"),
+    run: Optional[Path] = typer.Option(None, "--model", help="A run folder made by `avhgr train`, or a folder of its --runs N (each seed, then the mean); required."),
     cache: Optional[Path] = typer.Option(None, help="The cache (default: the one the run was trained on)."),
     missing: Optional[Literal["audio", "visual", "both"]] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
     rate: Optional[float] = typer.Option(None, help="With --missing: the fraction of test videos missing it (default 1: every one)."),
@@ -246,6 +263,7 @@ def evaluate(
 
     import statistics
 
+    run = moved_to_option("evaluate", "--model", old_run, run)
     seeds = [] if (run / "config.json").exists() else sorted(p.parent for p in run.glob("*/config.json"))
     if seeds:  # a folder of `train --runs N`: every seed, then their mean
         with errors_reported("evaluate"):
