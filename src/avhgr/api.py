@@ -41,13 +41,14 @@ class Prediction:
     missing: list[str] = field(default_factory=list)
     timeline: list[dict] | None = None
     experts: dict[str, int] | None = None  # the built-in model: windows each expert answered
+    features_matched: bool | None = None  # a model of facial features: whether the table had this file's row
     note: str | None = None
     error: str | None = None  # predict_many: why this file could not be read
 
     def to_dict(self) -> dict:
         """The JSON object of ``avhgr predict --json`` (keys that do not apply left out)."""
         d = asdict(self)
-        for key in ("timeline", "experts", "note", "error"):
+        for key in ("timeline", "experts", "features_matched", "note", "error"):
             if d[key] is None:
                 d.pop(key)
         return d
@@ -78,6 +79,11 @@ class Model:
         return self._predictor.description
 
     @property
+    def note(self) -> str | None:
+        """What a user should know before trusting its answers (e.g. a feature table not given)."""
+        return self._predictor.note
+
+    @property
     def classes(self) -> list[str]:
         return list(self._predictor.classes)
 
@@ -97,11 +103,23 @@ class Model:
             out["experts"] = describe(self.name)["experts"]
         return out
 
-    def predict(self, path: str | Path, hop: float | None = None, timeline: bool | None = None) -> Prediction:
+    def predict(self, path: str | Path, hop: float | None = None, timeline: bool | None = None, plot: str | Path | None = None) -> Prediction:
         """The emotion in one file. ``hop``: a window every ``hop`` seconds over the whole file (with a
-        timeline); without it, random windows as in training. Raises ``UserError`` (its message names
-        the file) for a file that cannot be read."""
-        return as_prediction(self._predictor.predict_file(path, timeline=hop is not None if timeline is None else timeline, hop=hop))
+        timeline); without it, random windows as in training. ``plot``: a PNG of each class's
+        probability over time, with face thumbnails. ``timeline`` (default: with ``hop`` or ``plot``)
+        keeps each window's answer in the result. Raises ``UserError`` (its message names the file)
+        for a file that cannot be read."""
+        keep = hop is not None or plot is not None if timeline is None else timeline
+        if plot is None:
+            return as_prediction(self._predictor.predict_file(path, timeline=keep, hop=hop))
+        from .plots import timeline_png
+
+        result, faces = self._predictor.predict_file(path, timeline=True, hop=hop, keep_faces=True)
+        timeline_png(result["timeline"], self._predictor.classes, Path(plot), f"{Path(path).name}: {result['emotion'] or 'no emotion'}", faces,
+                     self._predictor.settings.window_seconds)  # fmt: skip
+        if not keep:
+            result.pop("timeline")
+        return as_prediction(result)
 
     def predict_many(self, paths, hop: float | None = None, timeline: bool | None = None) -> list[Prediction]:
         """``predict`` for each file; a file that cannot be read gives a result whose ``error`` says why."""
@@ -123,11 +141,12 @@ class Model:
         return as_prediction(result)
 
 
-def load_model(name: str | Path | None = None, device: str = "auto", visual_features: str | Path | None = None) -> Model:
+def load_model(name: str | Path | None = None, device: str = "auto", visual_features: str | Path | None = None, windows: int | None = None) -> Model:
     """``None`` or ``"builtin"``: the built-in model (face and voice experts); ``"builtin:speech"`` or
     ``"builtin:face"``: one expert alone; else a run folder made by ``avhgr train``. A folder of seed
     runs (``train --runs N``) is refused in one line naming its runs. ``visual_features``: the table
-    of a model trained on facial features."""
+    of a model trained on facial features. ``windows``: random windows per file when ``predict``
+    has no ``hop`` (default: as many as the model's cache had)."""
     from .predict import Predictor
 
-    return Model(Predictor(name, device, visual_features=visual_features))
+    return Model(Predictor(name, device, windows, visual_features))

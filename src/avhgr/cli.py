@@ -310,22 +310,20 @@ def predict(
     could not be read (error), 3 a file had no face and no speech the model could use."""
     import json
 
+    from .api import load_model
     from .errors import UserError
-    from .predict import Predictor
 
-    with errors_reported("predict"):
-        predictor = Predictor(model, device, windows, visual_features)
+    with errors_reported("predict"):  # the Python API's call: what `avhgr.load_model(...).predict(...)` returns, printed
+        loaded = load_model(model, device, visual_features, windows)
     if not json_out:
-        typer.echo(f"({predictor.description})", err=True)
-    if predictor.note:
-        typer.secho(f"note: {predictor.note}", fg="yellow", err=True)
+        typer.echo(f"({loaded.description})", err=True)
+    if loaded.note:
+        typer.secho(f"note: {loaded.note}", fg="yellow", err=True)
     failed = silent = 0
     for path in files:
+        target = None if plot is None else plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(path).stem}{plot.suffix or '.png'}")
         try:
-            if plot is not None:
-                result, faces = predictor.predict_file(path, timeline=True, hop=hop, keep_faces=True)
-            else:
-                result = predictor.predict_file(path, timeline, hop)
+            prediction = loaded.predict(path, hop=hop, timeline=timeline, plot=target)
         except UserError as exc:
             typer.secho(f"error: {exc}", fg="red", err=True)
             failed += 1
@@ -334,15 +332,8 @@ def predict(
             typer.secho(f"error: {path}: {bug_line('predict', exc, what=path)}", fg="red", err=True)
             failed += 1
             continue
+        result = prediction.to_dict()
         silent += result["emotion"] is None
-        if plot is not None:
-            from .plots import timeline_png
-
-            target = plot if len(files) == 1 else plot.with_name(f"{plot.stem}_{Path(path).stem}{plot.suffix or '.png'}")
-            timeline_png(result["timeline"], predictor.classes, target, f"{Path(path).name}: {result['emotion'] or 'no emotion'}",
-                         faces, predictor.settings.window_seconds)  # fmt: skip
-            if not timeline:
-                result.pop("timeline")
         if json_out:
             typer.echo(json.dumps(result))
             continue
