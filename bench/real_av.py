@@ -28,9 +28,12 @@ between train and test. In each unit:
 5. ``semi``: 10, 25 and 50 % of the training recordings labelled (stage 1 on those; fg's L_corr sees
    every training pair, h only the labelled), baseline, fg and fgh at the unit's chosen depth and λ.
 
-Resumable: every run is a folder of its own (``train_owned``); rerun the command and finished runs
-are read back. The tables (``results.md``, ``results.json``, ``forest.png``) are written after every
-unit, so a run cut short reports what it finished.
+Resumable: every run is a folder of its own under ``--out`` (``train_owned``, large: keep it out of
+version control); rerun the command and finished runs are read back. The results (``results.json``,
+each test answer of each model, compact; ``results.md``; ``forest.png``) go to ``--results``
+(small: commit them) after every unit, so a run cut short reports what it finished, and a unit
+recorded there is not trained again even where ``--out`` is gone (another machine, a cleaned
+disk). The missing-modality sweep of a unit runs right after it, while its models are on disk.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ class Bench:
     def __init__(self, args, cache: Path):
         self.args, self.cache = args, cache
         self.subjects = {v["path"]: v["subject"] for v in Cache.open(cache).videos}
-        self.path = args.out / "results.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.path = args.results / "results.json"
+        self.data = expand(json.loads(self.path.read_text())) if self.path.exists() else {}
         self.data.setdefault("units", {})
         self.data.setdefault("seconds", {})
         self.t0 = time.time()
@@ -144,9 +147,14 @@ class Bench:
     def missing(self, fold: int, seed: int) -> None:
         from avhgr.evaluate import evaluate_missing
 
-        unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
+        key = f"actor/fold{fold}/seed{seed}"
+        unit = self.data["units"][key]
         if "missing" in unit:
             return
+        if not all(Path(m["folder"]).is_dir() for m in unit["models"].values()):  # recorded elsewhere, its models gone
+            print(f"{key}: its models are not under --out; training the unit again for the missing-modality sweep", flush=True)
+            del self.data["units"][key]
+            unit = self.unit("actor", fold, seed)
         t0 = time.time()
         unit["missing"] = {}
         for name in ("baseline", "fg", "fgh"):
@@ -172,9 +180,63 @@ class Bench:
 
     def save(self) -> None:
         self.data["minutes_this_call"] = round((time.time() - self.t0) / 60, 1)
-        self.path.write_text(json.dumps(self.data, indent=1))
-        (self.args.out / "results.md").write_text(report_markdown(self.data, self.args))
-        forest_png(self.data, self.args.out / "forest.png")
+        self.args.results.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")  # a kill while writing keeps the last whole file
+        tmp.write_text(json.dumps(compact(self.data), separators=(",", ":")) + "\n")
+        tmp.replace(self.path)
+        (self.args.results / "results.md").write_text(report_markdown(self.data, self.args))
+        forest_png(self.data, self.args.results / "forest.png")
+
+
+# --------------------------------------------------------------------------- the results file
+# Each unit's test answers are lists of {seed, fold, video, actor, correct}, one per test recording, in
+# the same order for every model of the unit: stored once as the unit's recordings, and each list as a
+# string of 0/1 in that order (about 100 times smaller; results.json is meant to be committed).
+
+OUTCOME_KEYS = {"seed", "fold", "video", "actor", "correct"}
+
+
+def _is_outcomes(x) -> bool:
+    return isinstance(x, list) and bool(x) and isinstance(x[0], dict) and set(x[0]) == OUTCOME_KEYS
+
+
+def compact(data: dict) -> dict:
+    out = {**data, "units": {}}
+    for key, unit in data["units"].items():
+        order = None
+
+        def walk(x):
+            nonlocal order
+            if _is_outcomes(x):
+                videos = [(o["video"], o["actor"]) for o in x]
+                order = order or videos
+                if videos == order:
+                    return "".join("1" if o["correct"] else "0" for o in x)
+                return x  # another order: kept as it is
+            if isinstance(x, dict):
+                return {k: walk(v) for k, v in x.items()}
+            return x
+
+        body = walk(unit)
+        out["units"][key] = {**body, "recordings": order}
+    return out
+
+
+def expand(data: dict) -> dict:
+    out = {**data, "units": {}}
+    for key, unit in data.get("units", {}).items():
+        unit = dict(unit)
+        order = unit.pop("recordings", None)
+
+        def walk(x, where):
+            if isinstance(x, str) and order and len(x) == len(order) and set(x) <= {"0", "1"} and where != "digest":
+                return [{"seed": unit["seed"], "fold": unit["fold"], "video": v, "actor": a, "correct": c == "1"} for (v, a), c in zip(order, x)]
+            if isinstance(x, dict):
+                return {k: walk(v, k) for k, v in x.items()}
+            return x
+
+        out["units"][key] = walk(unit, None)
+    return out
 
 
 # --------------------------------------------------------------------------- analysis
@@ -326,21 +388,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--speech", type=Path, required=True, help="RAVDESS speech folder (Actor_01 ...)")
     ap.add_argument("--au", type=Path, required=True, help="the action units (ravdess_au/ or its CSV)")
-    ap.add_argument("--out", type=Path, default=Path("bench_out/real_av"))
+    ap.add_argument("--out", type=Path, default=Path("bench_out/real_av"), help="the cache and the runs (large; resumable)")
+    ap.add_argument("--results", type=Path, default=None, help="results.json, results.md, forest.png (small; commit them); "
+                    "default docs/results/real_av, with --smoke OUT/results")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(6)))
     ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--smoke", action="store_true", help="every code path in minutes: 1 epoch per stage, 2 windows (--out elsewhere)")
     args = ap.parse_args()
+    args.results = args.results or (args.out / "results" if args.smoke else Path("docs/results/real_av"))
     args.extra = dict(epochs=1, joint_epochs=1, windows_per_epoch=2, joint_windows=1, val_windows=2) if args.smoke else {}
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
     bench = Bench(args, make_cache(args))
     steps = []
     for seed in args.seeds:  # the main protocol over every fold first: every actor tested once
-        steps += [("main", f, seed) for f in args.folds] if "main" in parts else []
-        steps += [("missing", f, seed) for f in args.folds] if "missing" in parts else []
+        for f in args.folds:  # a unit's missing-modality sweep right after it: its models are on disk now
+            steps += [("main", f, seed)] if "main" in parts else []
+            steps += [("missing", f, seed)] if "missing" in parts else []
         for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
             steps += [("random", f, seed)] if "random" in parts else []
             steps += [("semi", f, seed)] if "semi" in parts else []
@@ -358,7 +424,7 @@ def main() -> None:
                 bench.save()
         bench.save()
         print(f"{what} fold {fold} seed {seed}: {time.time() - t0:.0f} s  [{(time.time() - bench.t0) / 60:.0f} min]", flush=True)
-    print((args.out / "results.md").read_text())
+    print((args.results / "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -61,3 +61,22 @@ def test_a_folder_of_seed_runs_is_refused_naming_them(tmp_path):
     with pytest.raises(RunError, match="not one model.*seed0"):
         avhgr.load_model(tmp_path / "runs", device="cpu")
     assert avhgr.load_model(tmp_path / "runs" / "seed1", device="cpu").classes == avhgr.load_model("builtin:speech", device="cpu").classes
+
+
+def test_frames_and_samples_decoded_by_the_caller_give_what_the_file_gives_and_silence_gives_a_reason(tmp_path):
+    """The built-in model (face and voice) on arrays: the same emotion and evidence as on the file
+    they came from; digital silence without frames gets no emotion and says why."""
+    from avhgr.decode import SAMPLE_RATE, read_audio, read_frames_at
+    from avhgr.synth import face_photo, place
+
+    clip = write_media(tmp_path / "clip.mp4", frames=[place((240, 320), face_photo(), (160, 120), 0.45) for _ in range(50)],
+                       fps=25, audio=voice(2.0), sample_rate=48_000)  # fmt: skip
+    model = avhgr.load_model(device="cpu")
+    from_file = model.predict(clip, hop=0.5)
+    times = np.arange(50) / 25
+    from_arrays = model.predict_arrays(read_audio(clip, SAMPLE_RATE), SAMPLE_RATE, read_frames_at(clip, times), times, hop=0.5)
+    assert from_file.emotion is not None and from_arrays.emotion == from_file.emotion
+    assert (from_arrays.face_rate, from_arrays.speech_rate) == (from_file.face_rate, from_file.speech_rate) and from_file.face_rate > 0.5
+    assert from_arrays.probabilities == pytest.approx(from_file.probabilities, abs=0.05)
+    silent = model.predict_arrays(np.zeros(2 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    assert silent.emotion is None and silent.probabilities in ({}, None) and "speech" in silent.reason

@@ -6,12 +6,20 @@
 """
 
 __version__ = "0.2.0"
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "Prediction"]
 
 
-def load_model(name=None, device: str = "auto", visual_features=None):
+def load_model(name=None, device: str = "auto", visual_features=None, windows=None):
     """The built-in model (``None``, ``"builtin"``, ``"builtin:speech"``, ``"builtin:face"``) or a run
-    folder; see ``avhgr.api``."""
+    folder; see ``avhgr.api.load_model``."""
     from .api import load_model as _load
 
-    return _load(name, device, visual_features)
+    return _load(name, device, visual_features, windows)
+
+
+def __getattr__(name):  # avhgr.Prediction without importing torch at `import avhgr`
+    if name == "Prediction":
+        from .api import Prediction
+
+        return Prediction
+    raise AttributeError(f"module 'avhgr' has no attribute {name!r}")

@@ -9,7 +9,10 @@ from typing import Literal, Optional
 
 import typer
 
-from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, RECIPES, SCHEDULES, SPLITS
+from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, RECIPES, SCHEDULES, SPLITS
+from .datasets import DATASETS
+
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
 
 def recipe_help(key: str, text: str) -> str:
     """An option a recipe fills: its help says what each recipe gives it."""
@@ -82,7 +85,7 @@ def bug_line(command: str, exc: Exception, folder: Path | None = None, what: str
 
 @app.command()
 def preprocess(
-    dataset: str = typer.Option(..., help="ravdess | enterface | baum1s | cremad | csv | folder"),
+    dataset: Literal[DATASETS] = typer.Option(..., help="The dataset's layout (docs/usage.md); folder: root/<label>/*, csv: a manifest path,label[,subject]."),
     root: Path = typer.Option(..., help="The dataset folder as distributed (for csv: the manifest file)."),
     out: Path = typer.Option(..., help="Cache folder to write (resumable)."),
     windows: Optional[int] = typer.Option(None, help="Windows per video, the pool training draws from each epoch (default 60)."),
@@ -94,7 +97,7 @@ def preprocess(
     emotions: str = typer.Option("basic6", help="basic6 (the paper's six), all, or a comma-separated list."),
     annotations: Optional[Path] = typer.Option(None, help="BAUM-1s: the annotation CSV."),
     workers: int = typer.Option(0, help="Worker processes (0: one per core, up to 8)."),
-    device: str = typer.Option("auto", help="Where MTCNN runs: auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help="Where MTCNN runs: " + DEVICE_HELP),
     seed: int = typer.Option(0, help="Seed of the random windows."),
     overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
     retry_failed: bool = typer.Option(False, help="Try every file that failed again (files that failed by an internal error are retried anyway)."),
@@ -185,13 +188,13 @@ def train(
     runs: int = typer.Option(1, help="Repeat with seeds seed..seed+runs-1; reports mean ± std."),
     backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help=recipe_help("backbone", "The ResNet of each network.")),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file."),
-    modalities: str = typer.Option("audio,visual", help="audio,visual, or audio or visual alone."),
+    modalities: Literal["audio,visual", "audio", "visual"] = typer.Option("audio,visual", help="Both (the paper's model), or one network alone."),
     split: Literal[SPLITS] = typer.Option("random", help="random (70/15/15 by video, the paper), actor (actor-disjoint), or all (train on every video, keep the last epoch, no test: a final model)."),
     fold: Optional[int] = typer.Option(None, help="With --split actor: this fold of a leave-subjects-out cross-validation."),
     folds: Optional[int] = typer.Option(None, help="With --fold: folds of that cross-validation, the subjects in that many groups (default 6)."),
     labeled_fraction: float = typer.Option(1.0, help="Fraction of training videos that keep labels (semi-supervised)."),
     init_from: Optional[Path] = typer.Option(None, help="Start from this run's stage-1 networks (skips stage 1)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA and on CPUs that compute bf16 natively)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     keep_states: bool = typer.Option(False, help="Keep the optimiser states (*.last.pt) once the run is done."),
@@ -253,7 +256,7 @@ def evaluate(
     missing: Optional[Literal["audio", "visual", "both"]] = typer.Option(None, help="audio, visual or both (half each): a modality missing at test time."),
     rate: Optional[float] = typer.Option(None, help="With --missing: the fraction of test videos missing it (default 1: every one)."),
     seed: int = typer.Option(0, help="Seed of the choice of videos."),
-    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ):
     """Video-level test accuracy of a run, optionally with a modality missing for some videos."""
@@ -301,7 +304,7 @@ def predict(
     windows: int = typer.Option(None, help="Random 0.5 s windows per file (default: as many as the model's cache had: 60 for preprocess' default and the built-in model)."),
     visual_features: Optional[Path] = typer.Option(None, help="For a model trained on facial features: the table (a CSV with a row per "
                                                    "recording, column 'file' ending each file's path, or a folder of OpenFace CSVs)."),
-    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """The emotion in each file, from the same preprocessing as training.
 
@@ -361,7 +364,7 @@ def watch(
     hop: Optional[float] = typer.Option(None, help="Seconds between windows (default: the window length, 0.5 s)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="Input format where FFmpeg cannot guess it: v4l2 (Linux camera), avfoundation, dshow, mpegts ..."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per window."),
-    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Live emotion, window after window, from a camera, a stream or standard input. Ends at the
     end of the stream or with Ctrl-C."""
@@ -409,8 +412,19 @@ def demo(
         run_demo(out, replace(DEMO_CORPUS, per_class=per_class), epochs, epochs, amp)
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+def _listed(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _numbers(text: str, option: str, kind=float) -> tuple:
+    """``0.01,0.1,1`` as numbers; anything else refused by the parser, naming the option."""
+    try:
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise typer.BadParameter(f"{text!r} is not a {'number' if kind is float else 'whole number'} or a comma-separated list of them", param_hint=option)
+    return values
 
 
 @app.command()
@@ -419,21 +433,21 @@ def study(
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Study folder (rerun to finish what is missing)."),
     quick: bool = typer.Option(False, help="Smoke version: 1 seed, 1 epoch per stage, ResNet-18, reduced grid."),
-    runs: Optional[int] = typer.Option(None, help="Seeds per cell (paper: 5)."),
+    runs: Optional[int] = typer.Option(None, help="Seeds per cell (default 5, the paper's; 1 with --quick)."),
     seed: int = typer.Option(0, help="The first seed; the cells' runs take seed, seed + 1, ..."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of stage 1 (default: the recipe's; paper: 100)."),
-    joint_epochs: Optional[int] = typer.Option(None, help="Epochs of stage 2 (default: the recipe's)."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the recipe's)."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (default: the recipe's)."),
-    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help="The ResNet of each network (default: the recipe's; resnet18 with --quick)."),
+    epochs: Optional[int] = typer.Option(None, help=recipe_help("epochs", "Epochs of stage 1 (1 with --quick).")),
+    joint_epochs: Optional[int] = typer.Option(None, help=recipe_help("joint_epochs", "Epochs of stage 2 (1 with --quick).")),
+    batch_size: Optional[int] = typer.Option(None, help=recipe_help("batch_size", "Windows per optimiser step (32 with --quick).")),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of both stages (default 0.001, as train's --lr)."),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help=recipe_help("backbone", "The ResNet of each network (resnet18 with --quick).")),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file (as train's --pretrained)."),
     split: Literal["random", "actor"] = typer.Option("random", help="random or actor."),
     recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
-    layers: Optional[str] = typer.Option(None, "--fusion-layers", "--layers", help="stability: fusion depths, one or a list, e.g. 1,2,4 (as train's --fusion-layers)."),
-    lams: Optional[str] = typer.Option(None, "--lam", "--lams", help="λ, one or a list, e.g. 0.01,0.1,1 (as train's --lam)."),
-    rates: Optional[str] = typer.Option(None, "--rate", "--rates", help="missing: the share of test videos missing a modality, one or a list, e.g. 0.25,0.5,0.75 (as evaluate's --rate)."),
-    fractions: Optional[str] = typer.Option(None, "--labeled-fraction", "--fractions", help="semi: the labelled share, one or a list, e.g. 0.1,0.25,0.5 (as train's --labeled-fraction)."),
-    device: str = typer.Option("auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    layers: Optional[str] = typer.Option(None, "--fusion-layers", "--layers", help=f"stability: fusion depths, one or a list (as train's --fusion-layers; default {_listed(PAPER_LAYERS)}, the paper's; 1,2 with --quick)."),
+    lams: Optional[str] = typer.Option(None, "--lam", "--lams", help=f"λ, one or a list (as train's --lam; default {_listed(PAPER_LAMS)}, the paper's; 0.1,1 with --quick)."),
+    rates: Optional[str] = typer.Option(None, "--rate", "--rates", help=f"missing: the share of test videos missing a modality, one or a list (as evaluate's --rate; default {_listed(PAPER_RATES)}; 0,0.5 with --quick)."),
+    fractions: Optional[str] = typer.Option(None, "--labeled-fraction", "--fractions", help=f"semi: the labelled share, one or a list (as train's --labeled-fraction; default {_listed(PAPER_FRACTIONS)}; 0.5,1 with --quick)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""
     import sys
@@ -445,8 +459,8 @@ def study(
             typer.echo(f"note: study {old} is now {new} (the same name as in train and evaluate); {old} will go in a later release", err=True)
     given = {k: v for k, v in dict(
         runs=runs, epochs=epochs, joint_epochs=joint_epochs, batch_size=batch_size, lr=lr, backbone=backbone,
-        layers=tuple(int(x) for x in layers.split(",")) if layers else None, lams=_floats(lams) if lams else None,
-        rates=_floats(rates) if rates else None, fractions=_floats(fractions) if fractions else None,
+        layers=_numbers(layers, "--fusion-layers", int) if layers else None, lams=_numbers(lams, "--lam") if lams else None,
+        rates=_numbers(rates, "--rate") if rates else None, fractions=_numbers(fractions, "--labeled-fraction") if fractions else None,
     ).items() if v is not None}  # fmt: skip
     common = dict(seed=seed, pretrained=pretrained, split=split, device=device, recipe=recipe)
     with errors_reported("study", out):
@@ -464,7 +478,7 @@ def serve(
     max_upload_mb: float = typer.Option(50.0, help="Largest upload accepted, in MB (larger: 413)."),
     workers: int = typer.Option(1, help="Requests computed at once (one model in memory)."),
     queue: int = typer.Option(8, help="Requests that may wait; past them: 503 with Retry-After."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """A page and an HTTP API for the model: drop a file or record from the camera, see the emotion over time."""
     from .serve import serve as run_server

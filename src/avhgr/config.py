@@ -34,6 +34,12 @@ FEATURE_NORMS = ("none", "batch", "rescale")
 LEVELS = ("absolute", "recording", "window")
 CORRS = ("fgh", "fg", "none")
 SPLITS = ("random", "actor", "all")
+# The paper's study grids (the studies' defaults): fusion depths and λ of the stability grid, the
+# share of test videos missing a modality, the share of training videos labelled.
+PAPER_LAYERS = (1, 2, 4)
+PAPER_LAMS = (0.01, 0.1, 1.0, 10.0)
+PAPER_RATES = (0.0, 0.2, 0.5, 0.8)
+PAPER_FRACTIONS = (0.2, 0.5, 0.8, 1.0)
 SCHEDULES = ("constant", "cosine")
 FUSION_LAYERS = (1, 2, 4)
 

@@ -23,13 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_write_text, write_csv
+from .config import PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES
 from .stats import mean_std, sample_std
 from .train import TrainConfig, train
-
-PAPER_LAYERS = (1, 2, 4)
-PAPER_LAMS = (0.01, 0.1, 1.0, 10.0)
-PAPER_RATES = (0.0, 0.2, 0.5, 0.8)
-PAPER_FRACTIONS = (0.2, 0.5, 0.8, 1.0)
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""bench/real_av.py's results file, which is committed so that the long real-data design carries on
+across machines: each test answer comes back exactly as it was written, in its order, and a list in
+another order than the unit's is kept whole rather than re-read in the wrong order."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("real_av", Path(__file__).resolve().parents[1] / "bench" / "real_av.py")
+real_av = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(real_av)
+
+
+def outcomes(videos, correct, seed=0, fold=1):
+    return [{"seed": seed, "fold": fold, "video": v, "actor": v.split("/")[0], "correct": c} for v, c in zip(videos, correct)]
+
+
+def test_results_round_trip_compactly_and_keep_a_list_in_another_order():
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
+    rng = __import__("random").Random(0)
+    answers = lambda: [rng.random() < 0.7 for _ in videos]  # noqa: E731
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "depth": 2, "lam": {"fg": 0.1, "fgh": 1.0},
+            "models": {m: {"outcomes": outcomes(videos, answers()), "folder": f"runs/{m}", "digest": "10" * 32, "val": 0.5, "last_epoch": 0.6}
+                       for m in ("baseline", "audio only", "visual only", "fg", "fgh")},
+            "grid": {"fg λ=1": outcomes(videos, answers()), "reversed": outcomes(videos[::-1], answers())},
+            "missing": {m: {"audio@0.5": outcomes(videos, answers())} for m in ("baseline", "fg", "fgh")}}  # fmt: skip
+    data = {"units": {"actor/fold1/seed0": unit}, "seconds": {"actor": 120.0}}
+    stored = json.dumps(real_av.compact(data), separators=(",", ":"))
+    assert len(stored) < len(json.dumps(data)) / 3
+    back = real_av.expand(json.loads(stored))
+    assert back == data
+    assert back["units"]["actor/fold1/seed0"]["models"]["fgh"]["digest"] == "10" * 32  # a 0/1-looking digest stays a digest
+    # The bench's own analysis reads the expanded file as it read the one it wrote.
+    tables = [real_av.report_markdown(d, None).splitlines()[3:] for d in (back, data)]  # below the dated line
+    assert tables[0] == tables[1] and any("fgh − baseline" in line for line in tables[0])
