@@ -98,7 +98,7 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
         "confusion": confusion.tolist(), "settings": {**SETTINGS, "modalities": list(SETTINGS["modalities"])},
         "config": json.loads((final / "config.json").read_text())["train"],
         "command": " ".join([Path(sys.executable).name, "-m", "avhgr.builtin.build", *sys.argv[1:]]),
-        "commit": commit, "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
+        "commit": commit, "machine": _machine(device), "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
     }  # fmt: skip
     atomic_write_text(out / "cv.json", json.dumps(cv, indent=2))
     from ..plots import confusion_png
@@ -107,6 +107,22 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
                   f"6-fold leave-two-actors-out, {cv['files']} files: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} %")  # fmt: skip
     atomic_write_text(out / "MODEL_CARD.md", model_card(cv, card))
     return cv
+
+
+def _machine(device: str) -> str:
+    """What the build ran on, in words: the GPU's name, else the CPU's cores and model."""
+    import os
+    import platform
+
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"a GPU ({torch.cuda.get_device_name(0)})"
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"the CPU ({os.cpu_count()}-core {name})"
 
 
 def _commit() -> str | None:
@@ -124,13 +140,13 @@ def model_card(cv: dict, card: dict) -> str:
     folds = "\n".join(f"| {f['fold']} | {', '.join(f['test_actors'])} | {f['files']} | {100 * f['video_accuracy']:.1f} % | "
                       f"{100 * f['window_accuracy']:.1f} % | {f['best_epoch']} |" for f in cv["folds"])  # fmt: skip
     per_class = " · ".join(f"{c} {100 * a:.1f} %" for c, a in cv["per_class_accuracy"].items())
-    s, c, feat = cv["settings"], cv["config"], card["features"]
+    c, feat = cv["config"], card["features"]
     n_folds, n_actors, k = len(cv["folds"]), len(cv["actors"]), len(cv["folds"][0]["test_actors"])
-    device = {"cpu": "on the CPU", "cuda": "on a GPU"}.get(c["device"], f"on device {c['device']}")
+    device = f"on {cv['machine']}" if cv.get("machine") else {"cpu": "on the CPU", "cuda": "on a GPU"}.get(c["device"], f"on device {c['device']}")
     start = {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(c["pretrained"], f"from {c['pretrained']}")
     commit = f"`{cv['commit']}`" if cv.get("commit") else "unknown"
     note = f"\n\nOn the commit: {cv['commit_note']}." if cv.get("commit_note") else ""
-    net = s["backbone"].replace("resnet", "ResNet-")
+    net = c["backbone"].replace("resnet", "ResNet-")  # the config's: the build sets only what SETTINGS names
     augment = "Mel shifts and SpecAugment masks" if c["spec_augment"] else "no augmentation"
     per_epoch = f"{c['windows_per_epoch']} windows per file drawn anew each epoch from {feat['windows']} cached ones" \
         if c.get("windows_per_epoch") not in (None, 0, "all") else f"all {feat['windows']} cached windows per file each epoch"
