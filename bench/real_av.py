@@ -151,14 +151,20 @@ class Bench:
         unit = self.data["units"][key]
         if "missing" in unit:
             return
-        if not all(Path(m["folder"]).is_dir() for m in unit["models"].values()):  # recorded elsewhere, its models gone
-            print(f"{key}: its models are not under --out; training the unit again for the missing-modality sweep", flush=True)
-            del self.data["units"][key]
+        folders = {name: self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / Path(m["folder"]).name for name, m in unit["models"].items()}
+        if not all(f.is_dir() for f in folders.values()):  # recorded on another machine or disk: its models are not here
+            if not self.args.retrain_for_missing:
+                print(f"{key}: its models are not under {self.args.out}: no missing-modality sweep for it "
+                      "(--retrain-for-missing trains the unit again and replaces its record)", flush=True)  # fmt: skip
+                return
+            old = self.data["units"].pop(key)
             unit = self.unit("actor", fold, seed)
+            if old.get("semi") and (unit["depth"], unit["lam"]) == (old["depth"], old["lam"]):  # its semi runs used the same choices
+                unit["semi"] = old["semi"]
         t0 = time.time()
         unit["missing"] = {}
         for name in ("baseline", "fg", "fgh"):
-            sweep = evaluate_missing(unit["models"][name]["folder"], ("audio", "visual"), RATES, seed=seed, device=self.args.device)
+            sweep = evaluate_missing(str(folders[name]), ("audio", "visual"), RATES, seed=seed, device=self.args.device)
             unit["missing"][name] = {f"{s}@{r:g}": self.outcomes(None, fold, seed, m["predictions"]) for (s, r), m in sweep.items()}
         self.data["seconds"]["missing"] = self.data["seconds"].get("missing", 0) + time.time() - t0
 
@@ -395,6 +401,8 @@ def main() -> None:
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(6)))
     ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--retrain-for-missing", action="store_true", help="a unit recorded without its missing-modality sweep whose models "
+                    "are not under --out: train it again (its record is replaced) rather than skip the sweep")
     ap.add_argument("--smoke", action="store_true", help="every code path in minutes: 1 epoch per stage, 2 windows (--out elsewhere)")
     args = ap.parse_args()
     args.results = args.results or (args.out / "results" if args.smoke else Path("docs/results/real_av"))

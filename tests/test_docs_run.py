@@ -137,7 +137,7 @@ def what_is_missing(args: list[str], stdout: str, started: float) -> str | None:
         return f"{out} has no model trained now"
     if command == "study" and not fresh(out / f"{args[1]}.md"):
         return f"{out / (args[1] + '.md')} was not written"
-    if command == "inspect" and not fresh(out):
+    if command == "inspect" and not fresh(out or Path("sheet.png")):  # inspect's default --out
         return f"{out} was not written"
     if command == "evaluate" and "accuracy" not in stdout:
         return "it printed no accuracy"
