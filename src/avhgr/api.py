@@ -109,7 +109,7 @@ class Model:
         probability over time, with face thumbnails. ``timeline`` (default: with ``hop`` or ``plot``)
         keeps each window's answer in the result. Raises ``UserError`` (its message names the file)
         for a file that cannot be read."""
-        keep = hop is not None or plot is not None if timeline is None else timeline
+        keep = _keeps_timeline(hop, timeline, plot)
         if plot is None:
             return as_prediction(self._predictor.predict_file(path, timeline=keep, hop=hop))
         from .plots import timeline_png
@@ -137,8 +137,13 @@ class Model:
         """The emotion in media a program decoded itself: ``samples`` ((n,) or (n, channels), float in
         [-1, 1] or int16) at ``sample_rate`` Hz, and RGB ``frames`` ((H, W, 3) uint8) at ``frame_times``
         seconds (default 25 per second). Either may be None."""
-        result = self._predictor.predict_arrays(samples, sample_rate, frames, frame_times, hop is not None if timeline is None else timeline, hop)
+        result = self._predictor.predict_arrays(samples, sample_rate, frames, frame_times, _keeps_timeline(hop, timeline), hop)
         return as_prediction(result)
+
+
+def _keeps_timeline(hop, timeline: bool | None, plot=None) -> bool:
+    """One rule for every predict call: each window's answer is kept when asked, else with a hop or a plot."""
+    return (hop is not None or plot is not None) if timeline is None else timeline
 
 
 def load_model(name: str | Path | None = None, device: str = "auto", visual_features: str | Path | None = None, windows: int | None = None) -> Model:

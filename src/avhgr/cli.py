@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import typer
 
-from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, RECIPES, SCHEDULES, SPLITS
+from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY, RECIPES, SCHEDULES, SPLITS
 from .datasets import DATASETS
 
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
@@ -433,20 +433,20 @@ def study(
     cache: Path = typer.Option(..., help="A cache made by `avhgr preprocess`."),
     out: Path = typer.Option(..., help="Study folder (rerun to finish what is missing)."),
     quick: bool = typer.Option(False, help="Smoke version: 1 seed, 1 epoch per stage, ResNet-18, reduced grid."),
-    runs: Optional[int] = typer.Option(None, help="Seeds per cell (default 5, the paper's; 1 with --quick)."),
+    runs: Optional[int] = typer.Option(None, help=f"Seeds per cell (default 5, the paper's; {QUICK_STUDY['runs']} with --quick)."),
     seed: int = typer.Option(0, help="The first seed; the cells' runs take seed, seed + 1, ..."),
-    epochs: Optional[int] = typer.Option(None, help=recipe_help("epochs", "Epochs of stage 1 (1 with --quick).")),
-    joint_epochs: Optional[int] = typer.Option(None, help=recipe_help("joint_epochs", "Epochs of stage 2 (1 with --quick).")),
-    batch_size: Optional[int] = typer.Option(None, help=recipe_help("batch_size", "Windows per optimiser step (32 with --quick).")),
+    epochs: Optional[int] = typer.Option(None, help=recipe_help("epochs", f"Epochs of stage 1 ({QUICK_STUDY['epochs']} with --quick).")),
+    joint_epochs: Optional[int] = typer.Option(None, help=recipe_help("joint_epochs", f"Epochs of stage 2 ({QUICK_STUDY['joint_epochs']} with --quick).")),
+    batch_size: Optional[int] = typer.Option(None, help=recipe_help("batch_size", f"Windows per optimiser step ({QUICK_STUDY['batch_size']} with --quick).")),
     lr: Optional[float] = typer.Option(None, help="Learning rate of both stages (default 0.001, as train's --lr)."),
-    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help=recipe_help("backbone", "The ResNet of each network (resnet18 with --quick).")),
+    backbone: Optional[Literal[BACKBONES]] = typer.Option(None, help=recipe_help("backbone", f"The ResNet of each network ({QUICK_STUDY['backbone']} with --quick).")),
     pretrained: str = typer.Option("none", help="imagenet (torchvision download), none, or a local state dict file (as train's --pretrained)."),
     split: Literal["random", "actor"] = typer.Option("random", help="random or actor."),
     recipe: Literal["avhgr", "paper"] = typer.Option("avhgr", help="avhgr (measured defaults) or paper (the paper's literal settings)."),
-    layers: Optional[str] = typer.Option(None, "--fusion-layers", "--layers", help=f"stability: fusion depths, one or a list (as train's --fusion-layers; default {_listed(PAPER_LAYERS)}, the paper's; 1,2 with --quick)."),
-    lams: Optional[str] = typer.Option(None, "--lam", "--lams", help=f"λ, one or a list (as train's --lam; default {_listed(PAPER_LAMS)}, the paper's; 0.1,1 with --quick)."),
-    rates: Optional[str] = typer.Option(None, "--rate", "--rates", help=f"missing: the share of test videos missing a modality, one or a list (as evaluate's --rate; default {_listed(PAPER_RATES)}; 0,0.5 with --quick)."),
-    fractions: Optional[str] = typer.Option(None, "--labeled-fraction", "--fractions", help=f"semi: the labelled share, one or a list (as train's --labeled-fraction; default {_listed(PAPER_FRACTIONS)}; 0.5,1 with --quick)."),
+    layers: Optional[str] = typer.Option(None, "--fusion-layers", "--layers", help=f"stability: fusion depths, one or a list (as train's --fusion-layers; default {_listed(PAPER_LAYERS)}, the paper's; {_listed(QUICK_STUDY['layers'])} with --quick)."),
+    lams: Optional[str] = typer.Option(None, "--lam", "--lams", help=f"λ, one or a list (as train's --lam; default {_listed(PAPER_LAMS)}, the paper's; {_listed(QUICK_STUDY['lams'])} with --quick)."),
+    rates: Optional[str] = typer.Option(None, "--rate", "--rates", help=f"missing: the share of test videos missing a modality, one or a list (as evaluate's --rate; default {_listed(PAPER_RATES)}; {_listed(QUICK_STUDY['rates'])} with --quick)."),
+    fractions: Optional[str] = typer.Option(None, "--labeled-fraction", "--fractions", help=f"semi: the labelled share, one or a list (as train's --labeled-fraction; default {_listed(PAPER_FRACTIONS)}; {_listed(QUICK_STUDY['fractions'])} with --quick)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """The paper's studies: the stability grid, missing modalities, semi-supervised learning."""

@@ -40,6 +40,9 @@ PAPER_LAYERS = (1, 2, 4)
 PAPER_LAMS = (0.01, 0.1, 1.0, 10.0)
 PAPER_RATES = (0.0, 0.2, 0.5, 0.8)
 PAPER_FRACTIONS = (0.2, 0.5, 0.8, 1.0)
+# `study --quick`: a smoke version (one seed, one epoch per stage, a ResNet-18, a reduced grid).
+QUICK_STUDY = dict(runs=1, epochs=1, joint_epochs=1, backbone="resnet18", batch_size=32,
+                   layers=(1, 2), lams=(0.1, 1.0), fractions=(0.5, 1.0), rates=(0.0, 0.5))  # fmt: skip
 SCHEDULES = ("constant", "cosine")
 FUSION_LAYERS = (1, 2, 4)
 

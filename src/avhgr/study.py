@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_write_text, write_csv
-from .config import PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES
+from .config import PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY
 from .stats import mean_std, sample_std
 from .train import TrainConfig, train
 
@@ -51,9 +51,7 @@ class StudyOptions:
     @classmethod
     def quick(cls, cache: str, out: str, **kw) -> "StudyOptions":
         """A smoke version: one seed, one epoch per stage, a ResNet-18, a reduced grid."""
-        base = dict(runs=1, epochs=1, joint_epochs=1, backbone="resnet18", batch_size=32,
-                    layers=(1, 2), lams=(0.1, 1.0), fractions=(0.5, 1.0), rates=(0.0, 0.5))  # fmt: skip
-        return cls(cache=cache, out=out, **{**base, **kw})
+        return cls(cache=cache, out=out, **{**QUICK_STUDY, **kw})
 
     def config(self, folder: str, seed: int, **kw) -> TrainConfig:
         joint = kw.get("modalities", ("audio", "visual")) == ("audio", "visual")
