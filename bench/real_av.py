@@ -27,6 +27,14 @@ between train and test. In each unit:
    audio or the action units removed at rates 0.25, 0.5 and 0.75 (no retraining).
 5. ``semi``: 10, 25 and 50 % of the training recordings labelled (stage 1 on those; fg's L_corr sees
    every training pair, h only the labelled), baseline, fg and fgh at the unit's chosen depth and λ.
+6. ``dropout`` (secondary, asks why the fused baseline is not above audio only): the unit's
+   baseline trained again from its very stage 1 with modality dropout 0.25 and 0.5 in the warm-up
+   and stage 2 (a share of the training windows loses its audio or its action units), and fgh at
+   the unit's λ from the 0.5 baseline, each with the missing-modality sweep. Its question, named
+   before running: **baseline with modality dropout 0.5 − audio only**, unit the actor.
+
+The settings are pinned (``PINNED``): the recipe as the benchmark started under, so that a later
+change of the defaults for facial features does not change the units still to run.
 
 Resumable: every run is a folder of its own under ``--out`` (``train_owned``, large: keep it out of
 version control); rerun the command and finished runs are read back. The results (``results.json``,
@@ -54,6 +62,14 @@ from avhgr.preprocess import default_workers, run_preprocess
 from avhgr.runs import weights_digest
 from avhgr.stats import UNIT_RULE, unit_accuracy, unit_paired
 from avhgr.train import TrainConfig, train_owned
+
+# The avhgr recipe for a cache of facial features when this benchmark started (2026-12-02). Passed
+# to every run as a default, not as a setting given (a no-op of it for a unimodal run is not
+# refused), so that train_owned does not train recorded runs again under newer defaults.
+PINNED = dict(backbone="resnet18", epochs=12, joint_epochs=2, windows_per_epoch=20, joint_windows=5, val_windows=20, feature_noise=0.5,
+              fusion_warmup=1, lam_warmup=0, modality_dropout=0.0, feature_norm="batch", weight_decay=0.05, schedule="cosine",
+              batch_size=64)  # fmt: skip
+DROPOUTS = (0.25, 0.5)
 
 LAMS = (0.01, 0.1, 1.0)
 DEPTHS = (2, 1)  # the recipe's first: it trains stage 1
@@ -91,15 +107,15 @@ class Bench:
         self.data.setdefault("seconds", {})
         self.t0 = time.time()
 
-    def run(self, protocol: str, fold: int, seed: int, name: str, **kw) -> dict:
+    def run(self, protocol: str, fold: int, seed: int, name: str, account: str | None = None, **kw) -> dict:
         folder = self.args.out / "runs" / protocol / f"fold{fold}_seed{seed}" / name
         split = "random" if protocol == "random" else "actor"
         t0 = time.time()
-        extra = {k: v for k, v in self.args.extra.items() if "modalities" not in kw or not k.startswith("joint")}
+        settings = PINNED | self.args.extra | kw
         report = train_owned(TrainConfig(cache=str(self.cache), out=str(folder), split=split, fold=fold, seed=seed, device=self.args.device,
-                                         **extra, **kw), log=QUIET)  # fmt: skip
+                                         given=frozenset(kw), **settings), log=QUIET)  # fmt: skip
         if time.time() - t0 > 5:  # trained now, not read back
-            key = protocol.rstrip("0123456789.") or protocol
+            key = account or protocol.rstrip("0123456789.") or protocol
             self.data["seconds"][key] = self.data["seconds"].get(key, 0) + (time.time() - t0)
         report["folder"] = str(folder)
         return report
@@ -145,14 +161,12 @@ class Bench:
         return unit
 
     def missing(self, fold: int, seed: int) -> None:
-        from avhgr.evaluate import evaluate_missing
-
         key = f"actor/fold{fold}/seed{seed}"
         unit = self.data["units"][key]
         if "missing" in unit:
             return
-        folders = {name: self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / Path(m["folder"]).name for name, m in unit["models"].items()}
-        if not all(f.is_dir() for f in folders.values()):  # recorded on another machine or disk: its models are not here
+        folders = self.unit_folders(key, fold, seed)
+        if folders is None:  # recorded on another machine or disk: its models are not here
             if not self.args.retrain_for_missing:
                 print(f"{key}: its models are not under {self.args.out}: no missing-modality sweep for it "
                       "(--retrain-for-missing trains the unit again and replaces its record)", flush=True)  # fmt: skip
@@ -161,12 +175,47 @@ class Bench:
             unit = self.unit("actor", fold, seed)
             if old.get("semi") and (unit["depth"], unit["lam"]) == (old["depth"], old["lam"]):  # its semi runs used the same choices
                 unit["semi"] = old["semi"]
+            folders = self.unit_folders(key, fold, seed)
         t0 = time.time()
-        unit["missing"] = {}
-        for name in ("baseline", "fg", "fgh"):
-            sweep = evaluate_missing(str(folders[name]), ("audio", "visual"), RATES, seed=seed, device=self.args.device)
-            unit["missing"][name] = {f"{s}@{r:g}": self.outcomes(None, fold, seed, m["predictions"]) for (s, r), m in sweep.items()}
+        unit["missing"] = {name: self.sweep(folders[name], fold, seed) for name in ("baseline", "fg", "fgh")}
         self.data["seconds"]["missing"] = self.data["seconds"].get("missing", 0) + time.time() - t0
+
+    def unit_folders(self, key: str, fold: int, seed: int) -> dict[str, Path] | None:
+        """The unit's chosen models under --out, or None (with a message) where they are not there."""
+        unit = self.data["units"][key]
+        folders = {name: self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / Path(m["folder"]).name for name, m in unit["models"].items()}
+        return folders if all(f.is_dir() for f in folders.values()) else None
+
+    def sweep(self, folder: Path, fold: int, seed: int) -> dict:
+        from avhgr.evaluate import evaluate_missing
+
+        sweep = evaluate_missing(str(folder), ("audio", "visual"), RATES, seed=seed, device=self.args.device)
+        return {f"{s}@{r:g}": self.outcomes(None, fold, seed, m["predictions"]) for (s, r), m in sweep.items()}
+
+    def dropout(self, fold: int, seed: int) -> None:
+        """Modality dropout from the unit's own stage 1 (secondary): the baseline at each rate, fgh at
+        the unit's λ from the 0.5 baseline's warm-up, each with its missing-modality sweep."""
+        key = f"actor/fold{fold}/seed{seed}"
+        unit = self.data["units"].get(key)
+        if unit is None or "dropout" in unit:
+            return
+        if self.unit_folders(key, fold, seed) is None:
+            print(f"{key}: its models are not under {self.args.out}: no modality-dropout runs for it", flush=True)
+            return
+        depth, lam = unit["depth"], unit["lam"]["fgh"]
+        stage1 = self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / "baseline_L2"  # every run of the unit has its stage 1
+        t0 = time.time()
+        out = {}
+        for rate in DROPOUTS:
+            base = self.run("actor", fold, seed, f"baseline_md{rate:g}_L{depth}", account="dropout", corr="none", fusion_layers=depth,
+                            modality_dropout=rate, init_from=str(stage1))  # fmt: skip
+            out[f"baseline md{rate:g}"] = base
+            if rate == max(DROPOUTS):
+                out[f"fgh md{rate:g}"] = self.run("actor", fold, seed, f"fgh_lam{lam:g}_md{rate:g}_L{depth}", account="dropout", corr="fgh",
+                                                  lam=lam, fusion_layers=depth, modality_dropout=rate, init_from=base["folder"])  # fmt: skip
+        unit["dropout"] = {name: {"outcomes": self.outcomes(r, fold, seed), "digest": self.digest(r),
+                                  "missing": self.sweep(Path(r["folder"]), fold, seed)} for name, r in out.items()}  # fmt: skip
+        self.data["seconds"]["dropout"] = self.data["seconds"].get("dropout", 0) + time.time() - t0
 
     def semi(self, fold: int, seed: int, fraction: float) -> None:
         unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
@@ -338,6 +387,7 @@ def report_markdown(data: dict, args) -> str:
             lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {' | '.join(accs)} | {fmt_diff(unit_paired(get('fgh'), get('baseline')))} | "
                          f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
         lines.append("")
+    lines += dropout_markdown([u for u in units_of(data, "actor") if "dropout" in u])
     semi_units = [u for u in units_of(data, "actor") if u.get("semi")]
     if semi_units:
         fractions = sorted({f for u in semi_units for f in u["semi"]}, key=float)
@@ -356,6 +406,47 @@ def report_markdown(data: dict, args) -> str:
     return "\n".join(lines)
 
 
+DROPOUT_QUESTION = ("baseline md0.5", "audio only")
+
+
+def dropout_rows(units: list[dict]) -> list[tuple[str, dict, bool]]:
+    """(label, unit_paired result, this part's question?) of the modality-dropout models."""
+    rows = []
+    for name in units[0]["dropout"] if units else []:
+        mine = [o for u in units for o in u["dropout"][name]["outcomes"]]
+        for other in ("baseline", "audio only"):
+            rows.append((f"{name} − {other}", unit_paired(mine, model_outcomes(units, other)), (name, other) == DROPOUT_QUESTION))
+    return rows
+
+
+def dropout_markdown(units: list[dict]) -> list[str]:
+    if not units:
+        return []
+    lines = [f"## Modality dropout (actor protocol, {len(units)} units; secondary: why the fused baseline is not above audio only)", "",
+             "Each unit's baseline trained again from its own stage 1 with a share of the training windows of the warm-up and "
+             "stage 2 losing their audio or their action units; fgh at the unit's λ from the 0.5 baseline. The question named "
+             f"before running: **{DROPOUT_QUESTION[0]} − {DROPOUT_QUESTION[1]}**.", "",
+             "| model | accuracy | paired difference | actor-level mean and 95 % interval | same model as the baseline |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for label, d, question in dropout_rows(units):
+        name, other = label.split(" − ")
+        acc = unit_accuracy([o for u in units for o in u["dropout"][name]["outcomes"]])["mean"]
+        same = sum(u["dropout"][name]["digest"] == u["models"]["baseline"]["digest"] for u in units)
+        lines.append(f"| {name} | {100 * acc:.1f} % | − {other}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
+    lines += ["", "The same models with a modality missing at test time (the main baseline's sweep beside them):", "",
+              "| missing | rate | baseline | " + " | ".join(units[0]["dropout"]) + " | baseline md0.5 − baseline |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in units[0]["dropout"]) + " | --- |"]  # fmt: skip
+    for cond in units[0]["dropout"]["baseline md0.5"]["missing"]:
+        s, r = cond.split("@")
+        base = [o for u in units for o in u["missing"]["baseline"][cond]] if all("missing" in u for u in units) else None
+        accs = [[o for u in units for o in u["dropout"][n]["missing"][cond]] for n in units[0]["dropout"]]
+        cells = [f"{100 * unit_accuracy(a)['mean']:.1f} %" for a in accs]
+        mine = [o for u in units for o in u["dropout"]["baseline md0.5"]["missing"][cond]]
+        base_cell, diff = (f"{100 * unit_accuracy(base)['mean']:.1f} %", fmt_diff(unit_paired(mine, base))) if base else ("", "")
+        lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {base_cell} | {' | '.join(cells)} | {diff} |")
+    return lines + [""]
+
+
 def forest_png(data: dict, path: Path) -> None:
     import matplotlib
 
@@ -368,6 +459,7 @@ def forest_png(data: dict, path: Path) -> None:
         if us:
             get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
             rows.append(("semi", f"fgh − baseline, {100 * float(f):.0f} % labelled", unit_paired(get("fgh"), get("baseline")), False))
+    rows += [("dropout", label, d, False) for label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
     main = [u for u in units_of(data, "actor") if "missing" in u]
     for cond in (main[0]["missing"]["baseline"] if main else []):
         get = lambda n: [o for u in main for o in u["missing"][n][cond]]  # noqa: E731
@@ -399,7 +491,8 @@ def main() -> None:
                     "default docs/results/real_av, with --smoke OUT/results")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(6)))
-    ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi")
+    ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi; "
+                    "and dropout (secondary)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--retrain-for-missing", action="store_true", help="a unit recorded without its missing-modality sweep whose models "
                     "are not under --out: train it again (its record is replaced) rather than skip the sweep")
@@ -409,12 +502,16 @@ def main() -> None:
     args.extra = dict(epochs=1, joint_epochs=1, windows_per_epoch=2, joint_windows=1, val_windows=2) if args.smoke else {}
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
+    unknown = set(parts) - {"main", "missing", "random", "semi", "dropout"}
+    if unknown:
+        ap.error(f"--parts: {', '.join(sorted(unknown))} is not one of main, missing, random, semi, dropout")
     bench = Bench(args, make_cache(args))
     steps = []
     for seed in args.seeds:  # the main protocol over every fold first: every actor tested once
         for f in args.folds:  # a unit's missing-modality sweep right after it: its models are on disk now
             steps += [("main", f, seed)] if "main" in parts else []
             steps += [("missing", f, seed)] if "missing" in parts else []
+            steps += [("dropout", f, seed)] if "dropout" in parts else []
         for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
             steps += [("random", f, seed)] if "random" in parts else []
             steps += [("semi", f, seed)] if "semi" in parts else []
@@ -426,6 +523,8 @@ def main() -> None:
             bench.unit("random", fold, seed)
         elif what == "missing":
             bench.missing(fold, seed)
+        elif what == "dropout":
+            bench.dropout(fold, seed)
         else:
             for fraction in FRACTIONS:
                 bench.semi(fold, seed, fraction)
