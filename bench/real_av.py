@@ -475,7 +475,7 @@ def forest_png(data: dict, path: Path) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{p}: {l}" + ("  (primary)" if pr else "") for p, l, _, pr in rows[::-1]], fontsize=8)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("paired difference, accuracy points (mean over actors, 95 % t interval over actors)")
+    ax.set_xlabel("paired difference, accuracy points\n(mean over actors, 95 % t interval over actors)")
     ax.set_title("RAVDESS speech + action units, actors 1-12", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)

@@ -33,3 +33,23 @@ def test_results_round_trip_compactly_and_keep_a_list_in_another_order():
     # The bench's own analysis reads the expanded file as it read the one it wrote.
     tables = [real_av.report_markdown(d, None).splitlines()[3:] for d in (back, data)]  # below the dated line
     assert tables[0] == tables[1] and any("fgh − baseline" in line for line in tables[0])
+
+
+def test_a_feature_cache_defaults_to_what_the_recorded_comparison_chose_most(tmp_path):
+    """The defaults for a cache of facial features are the depth and fgh's λ that validation chose
+    most often in the recorded actor-disjoint units (docs/results.md): change one, change the other."""
+    from collections import Counter
+
+    from avhgr.config import TrainConfig
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results" / "real_av" / "results.json"
+    units = [u for k, u in real_av.expand(json.loads(results.read_text()))["units"].items() if k.startswith("actor/")]
+    assert len(units) == 18
+    depth, _ = Counter(u["depth"] for u in units).most_common(1)[0]
+    lam, _ = Counter(u["lam"]["fgh"] for u in units).most_common(1)[0]
+    (tmp_path / "settings.json").write_text(json.dumps({"visual_features": {"kind": "table"}}))
+    features = TrainConfig(cache=str(tmp_path), out=str(tmp_path / "run"))
+    assert (features.fusion_layers, features.lam, features.corr) == (depth, lam, "fgh")
+    assert (features.feature_noise, features.joint_windows, features.windows_per_epoch, features.epochs) == (0.5, 5, 20, 12)
+    faces = TrainConfig(cache=str(tmp_path / "no_cache_yet"), out=str(tmp_path / "run"))
+    assert (faces.fusion_layers, faces.feature_noise) == (2, 0.0)  # a cache of face crops keeps the avhgr recipe's

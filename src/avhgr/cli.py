@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import typer
 
-from .config import BACKBONES, CORRS, FEATURE_NORMS, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY, RECIPES, SCHEDULES, SPLITS
+from .config import BACKBONES, CORRS, FEATURE_NORMS, FEATURE_RECIPE, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY, RECIPES, SCHEDULES, SPLITS
 from .datasets import DATASETS
 
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
@@ -17,7 +17,8 @@ DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
 def recipe_help(key: str, text: str) -> str:
     """An option a recipe fills: its help says what each recipe gives it."""
     shown = {name: RECIPES[name][key] for name in ("avhgr", "paper")}
-    return f"{text} (recipe avhgr: {shown['avhgr']}; paper: {shown['paper']})"
+    features = f", {FEATURE_RECIPE[key]} on a cache of facial features" if key in FEATURE_RECIPE else ""
+    return f"{text} (recipe avhgr: {shown['avhgr']}{features}; paper: {shown['paper']})"
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audio-visual emotion recognition with Soft-HGR.")
