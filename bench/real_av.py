@@ -376,6 +376,7 @@ def report_markdown(data: dict, args) -> str:
             cell = [o for u in units for o in u["grid"][g]]
             lines.append(f"| {g} | {100 * unit_accuracy(cell)['mean']:.1f} % | {fmt_diff(unit_paired(cell, model_outcomes(units, 'baseline')))} |")
         lines.append("")
+    lines += gap_markdown(data)
     main = [u for u in units_of(data, "actor") if "missing" in u]
     if main:
         lines += [f"## Missing modality at test time (actor protocol, {len(main)} units, the models above, no retraining)", "",
@@ -404,6 +405,33 @@ def report_markdown(data: dict, args) -> str:
     secs = data.get("seconds", {})
     lines += ["CPU time of what was trained: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in secs.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def protocol_gap(data: dict, name: str) -> dict | None:
+    """The paper's random protocol − the actor-disjoint one for one model, on the recordings and seeds
+    both tested (each tests every recording once per seed): per actor, how much easier a recording
+    is when other takes of its actor were in training. None until both have a recording in common."""
+    random_, actor = model_outcomes(units_of(data, "random"), name), model_outcomes(units_of(data, "actor"), name)
+    both = {(o["seed"], o["video"]) for o in random_} & {(o["seed"], o["video"]) for o in actor}
+    if not both:
+        return None
+    keep = lambda outcomes: [o for o in outcomes if (o["seed"], o["video"]) in both]  # noqa: E731
+    return {"random": unit_accuracy(keep(random_)), "actor": unit_accuracy(keep(actor)), "gap": unit_paired(keep(random_), keep(actor)),
+            "recordings": len(both)}  # fmt: skip
+
+
+def gap_markdown(data: dict) -> list[str]:
+    gaps = {name: protocol_gap(data, name) for name in ("baseline", "audio only", "visual only", "fg", "fgh")}
+    if any(g is None for g in gaps.values()):
+        return []
+    n = gaps["baseline"]["recordings"]
+    lines = [f"## The gap between the protocols (secondary; {n} recording × seed pairs tested under both)", "",
+             "Each model of the random protocol against the same model of the actor-disjoint one, on the same recordings in the "
+             "same seeds; the unit is the actor (the recording's, in both).", "",
+             "| model | random protocol | actor-disjoint | random − actor |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for name, g in gaps.items():
+        lines.append(f"| {name} | {100 * g['random']['mean']:.1f} % | {100 * g['actor']['mean']:.1f} % | {fmt_diff(g['gap'])} |")
+    return lines + [""]
 
 
 DROPOUT_QUESTION = ("baseline md0.5", "audio only")
@@ -460,6 +488,8 @@ def forest_png(data: dict, path: Path) -> None:
             get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
             rows.append(("semi", f"fgh − baseline, {100 * float(f):.0f} % labelled", unit_paired(get("fgh"), get("baseline")), False))
     rows += [("dropout", label, d, False) for label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
+    rows += [("gap", f"{name}: random − actor protocol", g["gap"], False) for name in ("baseline", "fgh")
+             if (g := protocol_gap(data, name)) is not None]  # fmt: skip
     main = [u for u in units_of(data, "actor") if "missing" in u]
     for cond in (main[0]["missing"]["baseline"] if main else []):
         get = lambda n: [o for u in main for o in u["missing"][n][cond]]  # noqa: E731

@@ -53,3 +53,21 @@ def test_a_feature_cache_defaults_to_what_the_recorded_comparison_chose_most(tmp
     assert (features.feature_noise, features.joint_windows, features.windows_per_epoch, features.epochs) == (0.5, 5, 20, 12)
     faces = TrainConfig(cache=str(tmp_path / "no_cache_yet"), out=str(tmp_path / "run"))
     assert (faces.fusion_layers, faces.feature_noise) == (2, 0.0)  # a cache of face crops keeps the avhgr recipe's
+
+
+def test_the_protocol_gap_pairs_the_recordings_both_protocols_tested():
+    """random − actor for one model: only the (seed, recording) pairs both tested, the unit the actor."""
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
+
+    def unit(protocol, tested, correct):
+        models = {m: {"outcomes": outcomes(tested, correct), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
+        return {"protocol": protocol, "fold": 1, "seed": 0, "models": models}
+
+    actor = unit("actor", videos, [False] * len(videos))
+    random_ = unit("random", videos[:6] + videos[8:], [True] * 6 + [True, False, False, False])  # actor 05 all right; 08: 1 of 4
+    data = {"units": {"actor/fold1/seed0": actor, "random/fold1/seed0": random_}}
+    gap = real_av.protocol_gap(data, "baseline")
+    assert gap["recordings"] == 10
+    assert gap["gap"]["per_unit"] == {"Actor_05": 1.0, "Actor_08": 0.25} and abs(gap["gap"]["mean"] - 0.625) < 1e-9
+    assert real_av.protocol_gap({"units": {"actor/fold1/seed0": actor}}, "baseline") is None
+    assert any(line.startswith("| baseline | ") for line in real_av.gap_markdown(data))

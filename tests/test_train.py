@@ -177,6 +177,20 @@ def test_unimodal_runs_and_init_from(trained, tiny, tmp_path):
     assert sorted(p["path"] for p in audio["predictions"]) == sorted(e["path"] for e in json.loads((out / "split.json").read_text())["test"])
 
 
+def test_a_network_taken_from_another_run_is_tested_on_the_run_s_device(trained, tiny, tmp_path, monkeypatch):
+    """A unimodal run made with --init-from trains nothing: its network, read from the source run,
+    must still be put on the device before the test (on a GPU it was left on the CPU: a crash)."""
+    out, _ = trained
+    from avhgr.models import ModalityNet
+
+    moved, tested_on = [], []
+    real_to, real_evaluate = ModalityNet.to, avhgr.train.evaluate_videos
+    monkeypatch.setattr(ModalityNet, "to", lambda self, *a, **k: (moved.append(self), real_to(self, *a, **k))[1])
+    monkeypatch.setattr(avhgr.train, "evaluate_videos", lambda model, *a, **k: (tested_on.append(model in moved), real_evaluate(model, *a, **k))[1])
+    train(TrainConfig(cache=str(tiny / "cache"), out=str(tmp_path / "audio"), modalities=("audio",), init_from=str(out), epochs=8, **TINY))
+    assert tested_on and all(tested_on)  # the test, and the last epoch's where another epoch was kept
+
+
 def test_evaluate_with_missing_modalities(trained, tiny):
     """Visual missing for every test video is exactly the model fed no visual input at all."""
     from avhgr.cache import Cache

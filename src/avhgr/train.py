@@ -233,8 +233,8 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
             stages[name] = fit(s, run, Stage(name, net, labeled_train, cfg.epochs, index + 1, cfg.windows_per_epoch), log, progress)
         nets[modality] = net
 
-    if len(nets) == 1:
-        model: torch.nn.Module = nets[cfg.modalities[0]]
+    if len(nets) == 1:  # trained on the device by fit, or taken from --init-from's run on the CPU: moved either way
+        model: torch.nn.Module = nets[cfg.modalities[0]].to(s.device)
         tested = f"stage1_{cfg.modalities[0]}"
     else:
         torch.manual_seed(cfg.seed * 1000 + 99)
