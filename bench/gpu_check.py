@@ -212,7 +212,7 @@ def part_speech(args, sh: dict) -> dict:
     if args.smoke:
         root = generated_speech(args.work / "speech_data")
     if root is None or not root.is_dir():
-        return {"skipped": f"no RAVDESS speech in {args.data} (ravdess_speech/Actor_*): see the README for what to carry"}
+        return {"skipped": f"no RAVDESS speech under {args.data}/ravdess_speech/Actor_*"}
     dataset = "ravdess" if not args.smoke else "folder"
     videos, classes = select_emotions(index_dataset(dataset, root), "basic6" if not args.smoke else "all")
     cache = args.work / "speech_cache"

@@ -95,7 +95,7 @@ def demo_part(args) -> None:
     seeds = list(range(args.seeds))
     amp = args.amp if args.amp is not None else default_amp("cpu")  # as make demo
     precision = "bf16" if amp else "fp32"
-    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, pretrain_epochs=args.epochs, device="cpu",
+    common = dict(cache=str(cache), backbone="resnet18", batch_size=32, epochs=args.epochs, joint_epochs=args.epochs, device="cpu",
                   amp=amp)  # fmt: skip
     models = [("baseline", dict(corr="none")), ("audio only", dict(modalities=("audio",))), ("visual only", dict(modalities=("visual",))),
               ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip
@@ -181,7 +181,7 @@ def ravdess_au_part(args) -> None:
                    progress=False, features=open_table(table))  # fmt: skip
     amp = args.amp if args.amp is not None else default_amp(args.device)
     precision = "bf16" if amp else "fp32"
-    common = dict(cache=str(cache), split="actor", backbone=args.backbone, pretrain_epochs=args.ravdess_epochs, epochs=args.joint_epochs,
+    common = dict(cache=str(cache), split="actor", backbone=args.backbone, epochs=args.ravdess_epochs, joint_epochs=args.joint_epochs,
                   device=args.device, amp=amp, **args.set)  # fmt: skip
     models = [("baseline", dict(corr="none")), ("audio only", dict(modalities=("audio",))), ("visual only (AUs)", dict(modalities=("visual",))),
               ("fg", dict(corr="fg")), ("fgh", dict(corr="fgh"))]  # fmt: skip

@@ -68,7 +68,7 @@ from avhgr.train import TrainConfig, train_owned
 # refused), so that train_owned does not train recorded runs again under newer defaults.
 PINNED = dict(backbone="resnet18", epochs=12, joint_epochs=2, windows_per_epoch=20, joint_windows=5, val_windows=20, feature_noise=0.5,
               fusion_warmup=1, lam_warmup=0, modality_dropout=0.0, feature_norm="batch", weight_decay=0.05, schedule="cosine",
-              batch_size=64)  # fmt: skip
+              batch_size=64, spec_augment=True, level="window", evidence=True)  # fmt: skip
 DROPOUTS = (0.25, 0.5)
 
 LAMS = (0.01, 0.1, 1.0)
@@ -181,7 +181,7 @@ class Bench:
         self.data["seconds"]["missing"] = self.data["seconds"].get("missing", 0) + time.time() - t0
 
     def unit_folders(self, key: str, fold: int, seed: int) -> dict[str, Path] | None:
-        """The unit's chosen models under --out, or None (with a message) where they are not there."""
+        """The unit's chosen models under --out, or None where they are not there."""
         unit = self.data["units"][key]
         folders = {name: self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / Path(m["folder"]).name for name, m in unit["models"].items()}
         return folders if all(f.is_dir() for f in folders.values()) else None
@@ -199,12 +199,12 @@ class Bench:
         unit = self.data["units"].get(key)
         if unit is None or "dropout" in unit:
             return
-        if self.unit_folders(key, fold, seed) is None:
-            print(f"{key}: its models are not under {self.args.out}: no modality-dropout runs for it", flush=True)
+        stage1 = self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / "baseline_L2"  # every run of the unit has its stage 1
+        if self.unit_folders(key, fold, seed) is None or not (stage1 / "report.json").exists():
+            print(f"{key}: its models are not under {self.args.out} (the part runs where the unit was trained): "
+                  "no modality-dropout runs for it", flush=True)  # fmt: skip
             return
         depth, lam = unit["depth"], unit["lam"]["fgh"]
-        stage1 = self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / "baseline_L2"  # every run of the unit has its stage 1
-        t0 = time.time()
         out = {}
         for rate in DROPOUTS:
             base = self.run("actor", fold, seed, f"baseline_md{rate:g}_L{depth}", account="dropout", corr="none", fusion_layers=depth,
@@ -213,6 +213,7 @@ class Bench:
             if rate == max(DROPOUTS):
                 out[f"fgh md{rate:g}"] = self.run("actor", fold, seed, f"fgh_lam{lam:g}_md{rate:g}_L{depth}", account="dropout", corr="fgh",
                                                   lam=lam, fusion_layers=depth, modality_dropout=rate, init_from=base["folder"])  # fmt: skip
+        t0 = time.time()  # the runs counted their own time
         unit["dropout"] = {name: {"outcomes": self.outcomes(r, fold, seed), "digest": self.digest(r),
                                   "missing": self.sweep(Path(r["folder"]), fold, seed)} for name, r in out.items()}  # fmt: skip
         self.data["seconds"]["dropout"] = self.data["seconds"].get("dropout", 0) + time.time() - t0
@@ -454,12 +455,13 @@ def dropout_markdown(units: list[dict]) -> list[str]:
              "Each unit's baseline trained again from its own stage 1 with a share of the training windows of the warm-up and "
              "stage 2 losing their audio or their action units; fgh at the unit's λ from the 0.5 baseline. The question named "
              f"before running: **{DROPOUT_QUESTION[0]} − {DROPOUT_QUESTION[1]}**.", "",
-             "| model | accuracy | paired difference | actor-level mean and 95 % interval | same model as the baseline |",
+             "| model | accuracy | paired difference | actor-level mean and 95 % interval | same model as its baseline |",
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for label, d, question in dropout_rows(units):
         name, other = label.split(" − ")
         acc = unit_accuracy([o for u in units for o in u["dropout"][name]["outcomes"]])["mean"]
-        same = sum(u["dropout"][name]["digest"] == u["models"]["baseline"]["digest"] for u in units)
+        pair = lambda u: u["dropout"]["baseline md0.5"] if name.startswith("fgh") else u["models"]["baseline"]  # noqa: E731  # what it started from
+        same = sum(u["dropout"][name]["digest"] == pair(u)["digest"] for u in units)
         lines.append(f"| {name} | {100 * acc:.1f} % | − {other}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
     lines += ["", "The same models with a modality missing at test time (the main baseline's sweep beside them):", "",
               "| missing | rate | baseline | " + " | ".join(units[0]["dropout"]) + " | baseline md0.5 − baseline |",
@@ -541,10 +543,11 @@ def main() -> None:
         for f in args.folds:  # a unit's missing-modality sweep right after it: its models are on disk now
             steps += [("main", f, seed)] if "main" in parts else []
             steps += [("missing", f, seed)] if "missing" in parts else []
-            steps += [("dropout", f, seed)] if "dropout" in parts else []
         for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
             steps += [("random", f, seed)] if "random" in parts else []
             steps += [("semi", f, seed)] if "semi" in parts else []
+        for f in args.folds:  # the secondary part last (it needs the unit's runs under --out)
+            steps += [("dropout", f, seed)] if "dropout" in parts else []
     for what, fold, seed in steps:
         t0 = time.time()
         if what == "main":

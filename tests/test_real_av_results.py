@@ -71,3 +71,21 @@ def test_the_protocol_gap_pairs_the_recordings_both_protocols_tested():
     assert gap["gap"]["per_unit"] == {"Actor_05": 1.0, "Actor_08": 0.25} and abs(gap["gap"]["mean"] - 0.625) < 1e-9
     assert real_av.protocol_gap({"units": {"actor/fold1/seed0": actor}}, "baseline") is None
     assert any(line.startswith("| baseline | ") for line in real_av.gap_markdown(data))
+
+
+def test_the_modality_dropout_table_names_its_question_and_pairs_fgh_with_the_baseline_it_started_from():
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
+    right = lambda n: outcomes(videos, [i < n for i in range(len(videos))])  # noqa: E731  # the first n right
+    models = {m: {"outcomes": right(6), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
+    dropout = {"baseline md0.25": {"outcomes": right(7), "digest": "b25", "missing": {"audio@0.5": right(5)}},
+               "baseline md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}},
+               "fgh md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}}}  # fmt: skip
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": models, "dropout": dropout,
+            "missing": {m: {"audio@0.5": right(4)} for m in ("baseline", "fg", "fgh")}}  # fmt: skip
+    rows = {label: (d, question) for label, d, question in real_av.dropout_rows([unit])}
+    assert [label for label, (_, q) in rows.items() if q] == ["baseline md0.5 − audio only"]
+    assert abs(rows["baseline md0.5 − audio only"][0]["mean"] - 3 / 12) < 1e-9  # Actor_05 all right in both; Actor_08 3 of 6 more
+    table = real_av.dropout_markdown([unit])
+    assert any("(**question**)" in line and line.startswith("| baseline md0.5 |") for line in table)
+    same = {line.split(" | ")[0]: line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh md0.5 | ")}
+    assert same == {"| fgh md0.5": "1 of 1 |"}  # the same digest as its own baseline, md0.5: said, not hidden
