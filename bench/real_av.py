@@ -70,6 +70,7 @@ PINNED = dict(backbone="resnet18", epochs=12, joint_epochs=2, windows_per_epoch=
               fusion_warmup=1, lam_warmup=0, modality_dropout=0.0, feature_norm="batch", weight_decay=0.05, schedule="cosine",
               batch_size=64, spec_augment=True, level="window", evidence=True)  # fmt: skip
 DROPOUTS = (0.25, 0.5)
+DROPOUT_BASE = f"baseline md{max(DROPOUTS):g}"  # the dropout baseline fgh starts from, and the question's
 
 LAMS = (0.01, 0.1, 1.0)
 DEPTHS = (2, 1)  # the recipe's first: it trains stage 1
@@ -107,8 +108,11 @@ class Bench:
         self.data.setdefault("seconds", {})
         self.t0 = time.time()
 
+    def folder(self, protocol: str, fold: int, seed: int, name: str) -> Path:
+        return self.args.out / "runs" / protocol / f"fold{fold}_seed{seed}" / name
+
     def run(self, protocol: str, fold: int, seed: int, name: str, account: str | None = None, **kw) -> dict:
-        folder = self.args.out / "runs" / protocol / f"fold{fold}_seed{seed}" / name
+        folder = self.folder(protocol, fold, seed, name)
         split = "random" if protocol == "random" else "actor"
         t0 = time.time()
         settings = PINNED | self.args.extra | kw
@@ -165,7 +169,7 @@ class Bench:
         unit = self.data["units"][key]
         if "missing" in unit:
             return
-        folders = self.unit_folders(key, fold, seed)
+        folders = self.unit_folders(fold, seed)
         if folders is None:  # recorded on another machine or disk: its models are not here
             if not self.args.retrain_for_missing:
                 print(f"{key}: its models are not under {self.args.out}: no missing-modality sweep for it "
@@ -175,15 +179,15 @@ class Bench:
             unit = self.unit("actor", fold, seed)
             if old.get("semi") and (unit["depth"], unit["lam"]) == (old["depth"], old["lam"]):  # its semi runs used the same choices
                 unit["semi"] = old["semi"]
-            folders = self.unit_folders(key, fold, seed)
+            folders = self.unit_folders(fold, seed)
         t0 = time.time()
         unit["missing"] = {name: self.sweep(folders[name], fold, seed) for name in ("baseline", "fg", "fgh")}
         self.data["seconds"]["missing"] = self.data["seconds"].get("missing", 0) + time.time() - t0
 
-    def unit_folders(self, key: str, fold: int, seed: int) -> dict[str, Path] | None:
-        """The unit's chosen models under --out, or None where they are not there."""
-        unit = self.data["units"][key]
-        folders = {name: self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / Path(m["folder"]).name for name, m in unit["models"].items()}
+    def unit_folders(self, fold: int, seed: int) -> dict[str, Path] | None:
+        """The actor unit's chosen models under --out, or None where they are not there."""
+        unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
+        folders = {name: self.folder("actor", fold, seed, Path(m["folder"]).name) for name, m in unit["models"].items()}
         return folders if all(f.is_dir() for f in folders.values()) else None
 
     def sweep(self, folder: Path, fold: int, seed: int) -> dict:
@@ -199,8 +203,8 @@ class Bench:
         unit = self.data["units"].get(key)
         if unit is None or "dropout" in unit:
             return
-        stage1 = self.args.out / "runs" / "actor" / f"fold{fold}_seed{seed}" / "baseline_L2"  # every run of the unit has its stage 1
-        if self.unit_folders(key, fold, seed) is None or not (stage1 / "report.json").exists():
+        stage1 = self.folder("actor", fold, seed, "baseline_L2")  # every run of the unit has its stage 1
+        if self.unit_folders(fold, seed) is None or not (stage1 / "report.json").exists():
             print(f"{key}: its models are not under {self.args.out} (the part runs where the unit was trained): "
                   "no modality-dropout runs for it", flush=True)  # fmt: skip
             return
@@ -210,7 +214,7 @@ class Bench:
             base = self.run("actor", fold, seed, f"baseline_md{rate:g}_L{depth}", account="dropout", corr="none", fusion_layers=depth,
                             modality_dropout=rate, init_from=str(stage1))  # fmt: skip
             out[f"baseline md{rate:g}"] = base
-            if rate == max(DROPOUTS):
+            if f"baseline md{rate:g}" == DROPOUT_BASE:
                 out[f"fgh md{rate:g}"] = self.run("actor", fold, seed, f"fgh_lam{lam:g}_md{rate:g}_L{depth}", account="dropout", corr="fgh",
                                                   lam=lam, fusion_layers=depth, modality_dropout=rate, init_from=base["folder"])  # fmt: skip
         t0 = time.time()  # the runs counted their own time
@@ -435,14 +439,21 @@ def gap_markdown(data: dict) -> list[str]:
     return lines + [""]
 
 
-DROPOUT_QUESTION = ("baseline md0.5", "audio only")
+DROPOUT_QUESTION = (DROPOUT_BASE, "audio only")
+
+
+def dropout_outcomes(units: list[dict], name: str, cond: str | None = None) -> list[dict]:
+    """One modality-dropout model's test answers over the units, or its answers in one missing-modality condition."""
+    if cond is None:
+        return model_outcomes(units, name, lambda u: u["dropout"])
+    return [o for u in units for o in u["dropout"][name]["missing"][cond]]
 
 
 def dropout_rows(units: list[dict]) -> list[tuple[str, dict, bool]]:
     """(label, unit_paired result, this part's question?) of the modality-dropout models."""
     rows = []
     for name in units[0]["dropout"] if units else []:
-        mine = [o for u in units for o in u["dropout"][name]["outcomes"]]
+        mine = dropout_outcomes(units, name)
         for other in ("baseline", "audio only"):
             rows.append((f"{name} − {other}", unit_paired(mine, model_outcomes(units, other)), (name, other) == DROPOUT_QUESTION))
     return rows
@@ -459,19 +470,18 @@ def dropout_markdown(units: list[dict]) -> list[str]:
              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for label, d, question in dropout_rows(units):
         name, other = label.split(" − ")
-        acc = unit_accuracy([o for u in units for o in u["dropout"][name]["outcomes"]])["mean"]
-        pair = lambda u: u["dropout"]["baseline md0.5"] if name.startswith("fgh") else u["models"]["baseline"]  # noqa: E731  # what it started from
+        acc = unit_accuracy(dropout_outcomes(units, name))["mean"]
+        pair = lambda u: u["dropout"][DROPOUT_BASE] if name.startswith("fgh") else u["models"]["baseline"]  # noqa: E731  # what it started from
         same = sum(u["dropout"][name]["digest"] == pair(u)["digest"] for u in units)
         lines.append(f"| {name} | {100 * acc:.1f} % | − {other}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
     lines += ["", "The same models with a modality missing at test time (the main baseline's sweep beside them):", "",
-              "| missing | rate | baseline | " + " | ".join(units[0]["dropout"]) + " | baseline md0.5 − baseline |",
+              "| missing | rate | baseline | " + " | ".join(units[0]["dropout"]) + f" | {DROPOUT_BASE} − baseline |",
               "| --- | --- | --- | " + " | ".join("---" for _ in units[0]["dropout"]) + " | --- |"]  # fmt: skip
-    for cond in units[0]["dropout"]["baseline md0.5"]["missing"]:
+    for cond in units[0]["dropout"][DROPOUT_BASE]["missing"]:
         s, r = cond.split("@")
         base = [o for u in units for o in u["missing"]["baseline"][cond]] if all("missing" in u for u in units) else None
-        accs = [[o for u in units for o in u["dropout"][n]["missing"][cond]] for n in units[0]["dropout"]]
-        cells = [f"{100 * unit_accuracy(a)['mean']:.1f} %" for a in accs]
-        mine = [o for u in units for o in u["dropout"]["baseline md0.5"]["missing"][cond]]
+        cells = [f"{100 * unit_accuracy(dropout_outcomes(units, n, cond))['mean']:.1f} %" for n in units[0]["dropout"]]
+        mine = dropout_outcomes(units, DROPOUT_BASE, cond)
         base_cell, diff = (f"{100 * unit_accuracy(base)['mean']:.1f} %", fmt_diff(unit_paired(mine, base))) if base else ("", "")
         lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {base_cell} | {' | '.join(cells)} | {diff} |")
     return lines + [""]
