@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ import numpy as np
 from avhgr.cache import Cache
 from avhgr.datasets import index_dataset, select_emotions
 from avhgr.features import FeatureSettings
+from avhgr.precision import default_amp, describe_machine
 from avhgr.preprocess import default_workers, run_preprocess
 from avhgr.runs import weights_digest
 from avhgr.stats import UNIT_RULE, unit_accuracy, unit_paired
@@ -337,8 +337,8 @@ def fmt_diff(d: dict) -> str:
 
 def report_markdown(data: dict, args) -> str:
     lines = [f"# Real faces and voices: RAVDESS speech + action units, actors 1-12", "",
-             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {platform.node() or 'this machine'} "
-             f"({platform.processor() or platform.machine()}), updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {describe_machine(args.device)} in "
+             f"{'bf16 autocast' if default_amp(args.device) else 'float32'}, updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
              f"Primary comparison (named before running): **{PRIMARY[1]} − {PRIMARY[2]}, {PRIMARY[0]}-disjoint protocol**, "
              f"unit: the actor; {UNIT_RULE}. Every other row is secondary.", ""]  # fmt: skip
     for protocol in ("actor", "random"):

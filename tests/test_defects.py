@@ -248,6 +248,15 @@ def test_one_precision_rule_recorded_in_the_run(monkeypatch):
     assert TrainConfig(cache="c", out="o", device="cpu").amp is True  # the same rule resolves the training default
 
 
+
+def test_a_figure_names_the_cpu_it_was_measured_on(monkeypatch):
+    from avhgr import precision
+
+    said = precision.describe_machine("cpu")
+    assert said.startswith(f"the CPU ({os.cpu_count()}-core ") and said.endswith(")") and len(said) > len(f"the CPU ({os.cpu_count()}-core )")
+    monkeypatch.setattr(precision, "Path", lambda p: (_ for _ in ()).throw(OSError(p)))  # no /proc/cpuinfo: the platform's name
+    assert precision.describe_machine("cpu").startswith(f"the CPU ({os.cpu_count()}-core ")
+
 # ------------------------------------------------------------------ 10. the baseline's warm-up, taken
 
 

@@ -10,6 +10,9 @@ run was trained in where the device computes it natively, else in float32 (``inf
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -48,3 +51,19 @@ def inference_amp(trained_amp: bool | None, device: torch.device) -> bool:
 def autocast(device: torch.device, amp: bool):
     """bf16 autocast on ``device`` when ``amp``, else nothing."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def describe_machine(device: str | torch.device = "auto") -> str:
+    """What a figure was measured on, in words: the GPU's name, else the CPU's cores and model (CPU
+    kernels differ between machines)."""
+    from .distributed import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if dev.type == "cuda":
+        return f"a GPU ({torch.cuda.get_device_name(dev)})"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"the CPU ({os.cpu_count()}-core {name})"

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..cache import atomic_write_text
 from ..datasets import index_dataset, select_emotions
 from ..features import FeatureSettings
+from ..precision import describe_machine
 from ..preprocess import default_workers, run_preprocess
 from ..config import STAGE1_SETTINGS, TrainConfig, upgrade
 from ..train import train_owned
@@ -96,7 +97,7 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
         "confusion": confusion.tolist(), "settings": {**SETTINGS, "modalities": list(SETTINGS["modalities"])},
         "config": json.loads((final / "config.json").read_text())["train"],
         "command": " ".join([Path(sys.executable).name, "-m", "avhgr.builtin.build", *sys.argv[1:]]),
-        "commit": commit, "machine": _machine(device), "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
+        "commit": commit, "machine": describe_machine(device), "weights_bytes": (out / "model.safetensors").stat().st_size, "build_minutes": round((time.time() - t0) / 60, 1),
     }  # fmt: skip
     atomic_write_text(out / "cv.json", json.dumps(cv, indent=2))
     from ..plots import confusion_png
@@ -105,22 +106,6 @@ def build(data: Path, work: Path, out: Path, amp: bool | None, device: str, log=
                   f"6-fold leave-two-actors-out, {cv['files']} files: {100 * cv['mean']:.1f} ± {100 * cv['std']:.1f} %")  # fmt: skip
     atomic_write_text(out / "MODEL_CARD.md", model_card(cv, card))
     return cv
-
-
-def _machine(device: str) -> str:
-    """What the build ran on, in words: the GPU's name, else the CPU's cores and model."""
-    import os
-    import platform
-
-    import torch
-
-    if device != "cpu" and torch.cuda.is_available():
-        return f"a GPU ({torch.cuda.get_device_name(0)})"
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"the CPU ({os.cpu_count()}-core {name})"
 
 
 def _commit() -> str | None:
