@@ -336,9 +336,10 @@ def fmt_diff(d: dict) -> str:
 
 
 def report_markdown(data: dict, args) -> str:
+    device = args.device if args is not None else "auto"
     lines = [f"# Real faces and voices: RAVDESS speech + action units, actors 1-12", "",
-             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {describe_machine(args.device)} in "
-             f"{'bf16 autocast' if default_amp(args.device) else 'float32'}, updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
+             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {describe_machine(device)} in "
+             f"{'bf16 autocast' if default_amp(device) else 'float32'}, updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
              f"Primary comparison (named before running): **{PRIMARY[1]} − {PRIMARY[2]}, {PRIMARY[0]}-disjoint protocol**, "
              f"unit: the actor; {UNIT_RULE}. Every other row is secondary.", ""]  # fmt: skip
     for protocol in ("actor", "random"):
@@ -394,22 +395,33 @@ def report_markdown(data: dict, args) -> str:
                          f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
         lines.append("")
     lines += dropout_markdown([u for u in units_of(data, "actor") if "dropout" in u])
-    semi_units = [u for u in units_of(data, "actor") if u.get("semi")]
-    if semi_units:
-        fractions = sorted({f for u in semi_units for f in u["semi"]}, key=float)
-        lines += ["## Semi-supervised (actor protocol; the unit's chosen depth and λ)", "",
-                  "| labelled | units | audio only | visual only | baseline | fg | fgh | fgh − baseline | fg − baseline |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        for f in fractions:
-            us = [u for u in semi_units if f in u["semi"]]
-            get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
-            accs = [f"{100 * unit_accuracy(get(n))['mean']:.1f} %" for n in ("audio only", "visual only", "baseline", "fg", "fgh")]
-            lines.append(f"| {100 * float(f):.0f} % | {len(us)} | {' | '.join(accs)} | {fmt_diff(unit_paired(get('fgh'), get('baseline')))} | "
-                         f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
-        lines.append("")
+    lines += semi_markdown([u for u in units_of(data, "actor") if u.get("semi")])
     secs = data.get("seconds", {})
     lines += ["CPU time of what was trained: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in secs.items()) + ".", ""]
     return "\n".join(lines)
+
+
+def semi_markdown(semi_units: list[dict]) -> list[str]:
+    """The labelled-fraction table, each fraction's models paired within it, and the units' main models as the 100 % row."""
+    if not semi_units:
+        return []
+    fractions = sorted({f for u in semi_units for f in u["semi"]}, key=float)
+    lines = ["## Semi-supervised (actor protocol; the unit's chosen depth and λ)", "",
+              "Each fraction trains a new stage 1 on the labelled recordings; fg's L_corr sees every training pair, h only the "
+              "labelled ones. The 100 % row is the same units' models of the main comparison.", "",
+              "| labelled | units | audio only | visual only | baseline | fg | fgh | fgh − baseline | fg − baseline | same model as the baseline (fg, fgh) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for f in [*fractions, None]:
+        us = [u for u in semi_units if f is None or f in u["semi"]]
+        where = (lambda u: u["models"]) if f is None else (lambda u, f=f: u["semi"][f])
+        get = lambda n: model_outcomes(us, n, where)  # noqa: E731
+        accs = [f"{100 * unit_accuracy(get(n))['mean']:.1f} %" for n in ("audio only", "visual only", "baseline", "fg", "fgh")]
+        same = ", ".join(str(sum(where(u)[m]["digest"] == where(u)["baseline"]["digest"] for u in us)) for m in ("fg", "fgh"))
+        lines.append(f"| {'100' if f is None else f'{100 * float(f):.0f}'} % | {len(us)} | {' | '.join(accs)} | "
+                     f"{fmt_diff(unit_paired(get('fgh'), get('baseline')))} | {fmt_diff(unit_paired(get('fg'), get('baseline')))} | "
+                     f"{same} of {len(us)} |")  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def protocol_gap(data: dict, name: str) -> dict | None:

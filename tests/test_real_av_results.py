@@ -89,3 +89,19 @@ def test_the_modality_dropout_table_names_its_question_and_pairs_fgh_with_the_ba
     assert any("(**question**)" in line and line.startswith("| baseline md0.5 |") for line in table)
     same = {line.split(" | ")[0]: line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh md0.5 | ")}
     assert same == {"| fgh md0.5": "1 of 1 |"}  # the same digest as its own baseline, md0.5: said, not hidden
+
+
+def test_the_semi_supervised_table_pairs_each_fraction_within_itself_and_shows_the_full_labels_beside_it():
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
+    right = lambda n: outcomes(videos, [i < n for i in range(len(videos))])  # noqa: E731  # the first n right
+    models = {m: {"outcomes": right(6), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
+    semi = {"0.1": {"baseline": {"outcomes": right(3), "digest": "s"}, "audio only": {"outcomes": right(2), "digest": "a"},
+                    "visual only": {"outcomes": right(1), "digest": "v"}, "fg": {"outcomes": right(3), "digest": "s"},
+                    "fgh": {"outcomes": right(9), "digest": "h"}}}  # fmt: skip
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": models, "semi": semi}
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in real_av.semi_markdown([unit]) if line.startswith("| 10")}
+    ten, full = rows["| 10 % "[:-1]], rows["| 100 %"]
+    assert ten[4] == "25.0 %" and full[4] == "50.0 %"  # each row's own baseline (actor 05: 3 of 6, actor 08: none; the main one 6 of 6)
+    assert ten[7].startswith("+50.0") and full[7].startswith("+0.0")  # fgh − baseline within the fraction: actor 08 +100, actor 05 0
+    assert ten[-1] == "1, 0 of 1 |"  # fg kept the fraction's baseline: said
+    assert real_av.semi_markdown([]) == []
