@@ -121,6 +121,8 @@ class Bench:
         if time.time() - t0 > 5:  # trained now, not read back
             key = account or protocol.rstrip("0123456789.") or protocol
             self.data["seconds"][key] = self.data["seconds"].get(key, 0) + (time.time() - t0)
+            where = f"{describe_machine(self.args.device)} in {'bf16 autocast' if report['config']['amp'] else 'float32'}"
+            self.data.setdefault("trained_on", {})[f"{account or protocol}/fold{fold}/seed{seed}"] = where
         report["folder"] = str(folder)
         return report
 
@@ -336,10 +338,16 @@ def fmt_diff(d: dict) -> str:
 
 
 def report_markdown(data: dict, args) -> str:
-    device = args.device if args is not None else "auto"
-    lines = [f"# Real faces and voices: RAVDESS speech + action units, actors 1-12", "",
-             f"`{' '.join([Path(sys.executable).name, *sys.argv])}` on {describe_machine(device)} in "
-             f"{'bf16 autocast' if default_amp(device) else 'float32'}, updated {time.strftime('%Y-%m-%d %H:%M')}.", "",
+    trained_on = data.get("trained_on", {})  # "part/foldF/seedS" -> the machine (the file may be finished on several)
+    where = {m: sum(v == m for v in trained_on.values()) for m in dict.fromkeys(trained_on.values())}
+    parts = [k for key, u in data["units"].items() for k in (key, *(f"semi{f}/{key.split('/', 1)[1]}" for f in u.get("semi", {})),
+                                                              *([f"dropout/{key.split('/', 1)[1]}"] if "dropout" in u else []))]  # fmt: skip
+    unrecorded = sum(k not in trained_on for k in parts)
+    machines = [f"{m} ({n} of the {len(parts)} parts of units)" for m, n in where.items()]
+    machines += [f"not recorded for {unrecorded} (trained before the machine was kept)"] if unrecorded else []
+    lines = ["# Real faces and voices: RAVDESS speech + action units, actors 1-12", "",
+             f"Last written by `{' '.join([Path(sys.executable).name, *sys.argv])}`, {time.strftime('%Y-%m-%d %H:%M')}. "
+             f"Trained on: {'; '.join(machines) or 'nothing yet'}.", "",
              f"Primary comparison (named before running): **{PRIMARY[1]} − {PRIMARY[2]}, {PRIMARY[0]}-disjoint protocol**, "
              f"unit: the actor; {UNIT_RULE}. Every other row is secondary.", ""]  # fmt: skip
     for protocol in ("actor", "random"):
@@ -402,22 +410,27 @@ def report_markdown(data: dict, args) -> str:
 
 
 def semi_markdown(semi_units: list[dict]) -> list[str]:
-    """The labelled-fraction table, each fraction's models paired within it, and the units' main models as the 100 % row."""
-    if not semi_units:
-        return []
+    """The labelled-fraction table on the units that have every fraction (so a column compares the same
+    actors), each fraction's models paired within it, the units' main models as the 100 % row."""
     fractions = sorted({f for u in semi_units for f in u["semi"]}, key=float)
-    lines = ["## Semi-supervised (actor protocol; the unit's chosen depth and λ)", "",
-              "Each fraction trains a new stage 1 on the labelled recordings; fg's L_corr sees every training pair, h only the "
-              "labelled ones. The 100 % row is the same units' models of the main comparison.", "",
-              "| labelled | units | audio only | visual only | baseline | fg | fgh | fgh − baseline | fg − baseline | same model as the baseline (fg, fgh) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    us = [u for u in semi_units if all(f in u["semi"] for f in fractions)]
+    if not us:
+        return []
+    actors = len({o["actor"] for o in model_outcomes(us, "baseline")})
+    lines = [f"## Semi-supervised (actor protocol, {len(us)} units, {actors} actors; the unit's chosen depth and λ)", "",
+             "Each fraction trains a new stage 1 on the labelled recordings; fg's L_corr sees every training pair, h only the "
+             "labelled ones. The 100 % row is the same units' models of the main comparison. Differences are paired per actor, "
+             "with the 95 % t interval over actors.", ""]  # fmt: skip
+    if len(us) < len(semi_units):
+        lines += [f"{len(semi_units) - len(us)} unit(s) with only some of the fractions are left out until they have all.", ""]
+    lines += ["| labelled | audio only | visual only | baseline | fg | fgh | fgh − baseline | fg − baseline | same model as the baseline (fg, fgh) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for f in [*fractions, None]:
-        us = [u for u in semi_units if f is None or f in u["semi"]]
         where = (lambda u: u["models"]) if f is None else (lambda u, f=f: u["semi"][f])
         get = lambda n: model_outcomes(us, n, where)  # noqa: E731
         accs = [f"{100 * unit_accuracy(get(n))['mean']:.1f} %" for n in ("audio only", "visual only", "baseline", "fg", "fgh")]
         same = ", ".join(str(sum(where(u)[m]["digest"] == where(u)["baseline"]["digest"] for u in us)) for m in ("fg", "fgh"))
-        lines.append(f"| {'100' if f is None else f'{100 * float(f):.0f}'} % | {len(us)} | {' | '.join(accs)} | "
+        lines.append(f"| {'100' if f is None else f'{100 * float(f):.0f}'} % | {' | '.join(accs)} | "
                      f"{fmt_diff(unit_paired(get('fgh'), get('baseline')))} | {fmt_diff(unit_paired(get('fg'), get('baseline')))} | "
                      f"{same} of {len(us)} |")  # fmt: skip
     lines.append("")
@@ -510,7 +523,7 @@ def forest_png(data: dict, path: Path) -> None:
         us = [u for u in units_of(data, "actor") if f in u.get("semi", {})]
         if us:
             get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
-            rows.append(("semi", f"fgh − baseline, {100 * float(f):.0f} % labelled", unit_paired(get("fgh"), get("baseline")), False))
+            rows += [("semi", f"{m} − baseline, {100 * float(f):.0f} % labelled", unit_paired(get(m), get("baseline")), False) for m in ("fg", "fgh")]
     rows += [("dropout", label, d, False) for label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
     rows += [("gap", f"{name}: random − actor protocol", g["gap"], False) for name in ("baseline", "fgh")
              if (g := protocol_gap(data, name)) is not None]  # fmt: skip

@@ -91,17 +91,38 @@ def test_the_modality_dropout_table_names_its_question_and_pairs_fgh_with_the_ba
     assert same == {"| fgh md0.5": "1 of 1 |"}  # the same digest as its own baseline, md0.5: said, not hidden
 
 
-def test_the_semi_supervised_table_pairs_each_fraction_within_itself_and_shows_the_full_labels_beside_it():
-    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
-    right = lambda n: outcomes(videos, [i < n for i in range(len(videos))])  # noqa: E731  # the first n right
-    models = {m: {"outcomes": right(6), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
-    semi = {"0.1": {"baseline": {"outcomes": right(3), "digest": "s"}, "audio only": {"outcomes": right(2), "digest": "a"},
-                    "visual only": {"outcomes": right(1), "digest": "v"}, "fg": {"outcomes": right(3), "digest": "s"},
-                    "fgh": {"outcomes": right(9), "digest": "h"}}}  # fmt: skip
-    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": models, "semi": semi}
-    rows = {line.split(" | ")[0]: line.split(" | ") for line in real_av.semi_markdown([unit]) if line.startswith("| 10")}
-    ten, full = rows["| 10 % "[:-1]], rows["| 100 %"]
-    assert ten[4] == "25.0 %" and full[4] == "50.0 %"  # each row's own baseline (actor 05: 3 of 6, actor 08: none; the main one 6 of 6)
-    assert ten[7].startswith("+50.0") and full[7].startswith("+0.0")  # fgh − baseline within the fraction: actor 08 +100, actor 05 0
-    assert ten[-1] == "1, 0 of 1 |"  # fg kept the fraction's baseline: said
+def test_the_semi_supervised_table_pairs_each_fraction_within_itself_on_the_units_that_have_every_fraction():
+    def unit(fold, actors, fractions):
+        videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in actors for k in range(3, 9)]
+        right = lambda n, m=0: outcomes(videos, [i < n or 6 <= i < 6 + m for i in range(12)], fold=fold)  # noqa: E731  # n of the first actor's, m of the second's
+        models = {"baseline": {"outcomes": right(4, 2), "digest": "b"}, "audio only": {"outcomes": right(3), "digest": "a"},
+                  "visual only": {"outcomes": right(2), "digest": "v"}, "fg": {"outcomes": right(4, 2), "digest": "b"},
+                  "fgh": {"outcomes": right(5, 4), "digest": "h"}}  # fmt: skip
+        semi = {f: {"baseline": {"outcomes": right(1), "digest": "s"}, "audio only": {"outcomes": right(0), "digest": "sa"},
+                    "visual only": {"outcomes": right(6), "digest": "sv"}, "fg": {"outcomes": right(1), "digest": "s"},
+                    "fgh": {"outcomes": right(4, 1) if f == "0.1" else right(6, 6), "digest": "sh"}} for f in fractions}  # fmt: skip
+        return {"protocol": "actor", "fold": fold, "seed": 0, "models": models, "semi": semi}
+
+    whole, partial = unit(1, (5, 8), ("0.1", "0.5")), unit(2, (3, 10), ("0.1",))
+    table = real_av.semi_markdown([whole, partial])
+    assert "1 units, 2 actors" in table[0] and any("1 unit(s) with only some" in line for line in table)  # fold 2 has no 0.5 yet: left out
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table if line.startswith("| 10 ") or line.startswith("| 50 ")
+            or line.startswith("| 100 ")}  # fmt: skip
+    ten, half, full = rows["10 %"], rows["50 %"], rows["100 %"]
+    assert ten[1:6] == ["0.0 %", "50.0 %", "8.3 %", "8.3 %", "41.7 %"]  # each fraction's own models, actors 05 and 08 only
+    assert full[1:6] == ["25.0 %", "16.7 %", "50.0 %", "50.0 %", "75.0 %"]  # the main models of the same unit
+    assert ten[6].startswith("+33.3") and half[6].startswith("+91.7") and full[6].startswith("+25.0")  # per actor: (+3, +1)/6, (+5, +6)/6, (+1, +2)/6
+    assert ten[-1] == "1, 0 of 1 |" and full[-1] == "1, 0 of 1 |"  # fg kept its baseline's weights: said, in each row
     assert real_av.semi_markdown([]) == []
+
+
+def test_the_tables_name_the_machine_each_part_was_trained_on_and_count_those_not_recorded():
+    videos = ["Actor_05/03-01-03-01-01-01-05.wav"]
+    models = {m: {"outcomes": outcomes(videos, [True]), "digest": m, "last_epoch": None} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
+    unit = lambda fold: {"protocol": "actor", "fold": fold, "seed": 0, "models": models, "lam": {"fg": 1.0, "fgh": 1.0}, "depth": 1,  # noqa: E731
+                         "grid": {}, "semi": {"0.1": models}}  # fmt: skip
+    data = {"units": {"actor/fold1/seed0": unit(1), "actor/fold2/seed0": unit(2)},
+            "trained_on": {"actor/fold2/seed0": "the CPU (2-core X) in float32", "semi0.1/fold2/seed0": "a GPU (Y) in bf16 autocast"}}  # fmt: skip
+    header = real_av.report_markdown(data, None).splitlines()[2]
+    assert "the CPU (2-core X) in float32 (1 of the 4 parts of units)" in header and "a GPU (Y) in bf16 autocast (1 of the 4" in header
+    assert "not recorded for 2 " in header  # fold 1's unit and its 10 % part
