@@ -27,10 +27,12 @@ between train and test. In each unit:
    audio or the action units removed at rates 0.25, 0.5 and 0.75 (no retraining).
 5. ``semi``: 10, 25 and 50 % of the training recordings labelled (stage 1 on those; fg's L_corr sees
    every training pair, h only the labelled), baseline, fg and fgh at the unit's chosen depth and λ.
-6. ``dropout`` (secondary, asks why the fused baseline is not above audio only): the unit's
-   baseline trained again from its very stage 1 with modality dropout 0.25 and 0.5 in the warm-up
-   and stage 2 (a share of the training windows loses its audio or its action units), and fgh at
-   the unit's λ from the 0.5 baseline, each with the missing-modality sweep. Its question, named
+6. ``dropout`` (secondary, asks why the fused baseline is not above audio only): a stage 1 of its
+   own (so it runs wherever the unit is recorded), the baseline at the unit's depth and the two
+   unimodal networks from it; the baseline trained again from that stage 1 with modality dropout
+   0.25 and 0.5 in the warm-up and stage 2 (a share of the training windows loses its audio or its
+   action units), and fgh at the unit's λ from the 0.5 baseline; each fused model with the
+   missing-modality sweep. Its question, named
    before running: **baseline with modality dropout 0.5 − audio only**, unit the actor.
 
 The settings are pinned (``PINNED``): the recipe as the benchmark started under, so that a later
@@ -199,29 +201,34 @@ class Bench:
         return {f"{s}@{r:g}": self.outcomes(None, fold, seed, m["predictions"]) for (s, r), m in sweep.items()}
 
     def dropout(self, fold: int, seed: int) -> None:
-        """Modality dropout from the unit's own stage 1 (secondary): the baseline at each rate, fgh at
-        the unit's λ from the 0.5 baseline's warm-up, each with its missing-modality sweep."""
+        """Modality dropout (secondary), on a stage 1 of its own so that it runs anywhere the unit is
+        recorded: the part's baseline at the unit's depth (which trains that stage 1) with its
+        audio-only and visual-only networks, the baseline trained again from the same stage 1 at each
+        rate, and fgh at the unit's λ from the 0.5 baseline's warm-up; each fused model with its
+        missing-modality sweep. Every model of the part is paired with the others, not with the
+        unit's main models (another stage 1)."""
         key = f"actor/fold{fold}/seed{seed}"
         unit = self.data["units"].get(key)
         if unit is None or "dropout" in unit:
             return
-        stage1 = self.folder("actor", fold, seed, "baseline_L2")  # every run of the unit has its stage 1
-        if self.unit_folders(fold, seed) is None or not (stage1 / "report.json").exists():
-            print(f"{key}: its models are not under {self.args.out} (the part runs where the unit was trained): "
-                  "no modality-dropout runs for it", flush=True)  # fmt: skip
-            return
         depth, lam = unit["depth"], unit["lam"]["fgh"]
-        out = {}
+
+        def run(name: str, **kw) -> dict:
+            return self.run("dropout", fold, seed, name, account="dropout", **kw)
+
+        base = run(f"baseline_L{depth}", corr="none", fusion_layers=depth)
+        out = {"baseline": base, "audio only": run("audio_only", modalities=("audio",), init_from=base["folder"]),
+               "visual only": run("visual_only", modalities=("visual",), init_from=base["folder"])}  # fmt: skip
         for rate in DROPOUTS:
-            base = self.run("actor", fold, seed, f"baseline_md{rate:g}_L{depth}", account="dropout", corr="none", fusion_layers=depth,
-                            modality_dropout=rate, init_from=str(stage1))  # fmt: skip
-            out[f"baseline md{rate:g}"] = base
-            if f"baseline md{rate:g}" == DROPOUT_BASE:
-                out[f"fgh md{rate:g}"] = self.run("actor", fold, seed, f"fgh_lam{lam:g}_md{rate:g}_L{depth}", account="dropout", corr="fgh",
-                                                  lam=lam, fusion_layers=depth, modality_dropout=rate, init_from=base["folder"])  # fmt: skip
+            name = f"baseline md{rate:g}"
+            out[name] = run(f"baseline_md{rate:g}_L{depth}", corr="none", fusion_layers=depth, modality_dropout=rate, init_from=base["folder"])
+            if name == DROPOUT_BASE:
+                out[f"fgh md{rate:g}"] = run(f"fgh_lam{lam:g}_md{rate:g}_L{depth}", corr="fgh", lam=lam, fusion_layers=depth,
+                                             modality_dropout=rate, init_from=out[name]["folder"])  # fmt: skip
         t0 = time.time()  # the runs counted their own time
         unit["dropout"] = {name: {"outcomes": self.outcomes(r, fold, seed), "digest": self.digest(r),
-                                  "missing": self.sweep(Path(r["folder"]), fold, seed)} for name, r in out.items()}  # fmt: skip
+                                  **({} if name.endswith(" only") else {"missing": self.sweep(Path(r["folder"]), fold, seed)})}
+                           for name, r in out.items()}  # fmt: skip
         self.data["seconds"]["dropout"] = self.data["seconds"].get("dropout", 0) + time.time() - t0
 
     def semi(self, fold: int, seed: int, fraction: float) -> None:
@@ -474,41 +481,42 @@ def dropout_outcomes(units: list[dict], name: str, cond: str | None = None) -> l
     return [o for u in units for o in u["dropout"][name]["missing"][cond]]
 
 
-def dropout_rows(units: list[dict]) -> list[tuple[str, dict, bool]]:
-    """(label, unit_paired result, this part's question?) of the modality-dropout models."""
-    rows = []
-    for name in units[0]["dropout"] if units else []:
-        mine = dropout_outcomes(units, name)
-        for other in ("baseline", "audio only"):
-            rows.append((f"{name} − {other}", unit_paired(mine, model_outcomes(units, other)), (name, other) == DROPOUT_QUESTION))
-    return rows
+def dropout_rows(units: list[dict]) -> list[tuple[str, str, str, dict, bool]]:
+    """(model, other, label, unit_paired result, this part's question?) of the modality-dropout part, every
+    model from the part's own stage 1: its baseline against audio alone first (the gap dropout is to close)."""
+    if not units:
+        return []
+    pairs = [("baseline", "audio only")]
+    for name in (n for n in units[0]["dropout"] if " md" in n):
+        pairs += [(name, "baseline"), (name, "audio only")] + ([(name, DROPOUT_BASE)] if name.startswith("fgh") else [])
+    return [(a, b, f"{a} − {b}", unit_paired(dropout_outcomes(units, a), dropout_outcomes(units, b)), (a, b) == DROPOUT_QUESTION)
+            for a, b in pairs]  # fmt: skip
 
 
 def dropout_markdown(units: list[dict]) -> list[str]:
     if not units:
         return []
+    names = list(units[0]["dropout"])
+    fused = [n for n in names if not n.endswith(" only")]
     lines = [f"## Modality dropout (actor protocol, {len(units)} units; secondary: why the fused baseline is not above audio only)", "",
-             "Each unit's baseline trained again from its own stage 1 with a share of the training windows of the warm-up and "
-             "stage 2 losing their audio or their action units; fgh at the unit's λ from the 0.5 baseline. The question named "
-             f"before running: **{DROPOUT_QUESTION[0]} − {DROPOUT_QUESTION[1]}**.", "",
-             "| model | accuracy | paired difference | actor-level mean and 95 % interval | same model as its baseline |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
-    for label, d, question in dropout_rows(units):
-        name, other = label.split(" − ")
-        acc = unit_accuracy(dropout_outcomes(units, name))["mean"]
-        pair = lambda u: u["dropout"][DROPOUT_BASE] if name.startswith("fgh") else u["models"]["baseline"]  # noqa: E731  # what it started from
-        same = sum(u["dropout"][name]["digest"] == pair(u)["digest"] for u in units)
-        lines.append(f"| {name} | {100 * acc:.1f} % | − {other}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
-    lines += ["", "The same models with a modality missing at test time (the main baseline's sweep beside them):", "",
-              "| missing | rate | baseline | " + " | ".join(units[0]["dropout"]) + f" | {DROPOUT_BASE} − baseline |",
-              "| --- | --- | --- | " + " | ".join("---" for _ in units[0]["dropout"]) + " | --- |"]  # fmt: skip
-    for cond in units[0]["dropout"][DROPOUT_BASE]["missing"]:
+             "A stage 1 of the part's own per unit, and from it the baseline at the unit's depth, its audio-only and visual-only "
+             "networks, the baseline trained again with a share of the training windows of the warm-up and stage 2 losing their "
+             "audio or their action units, and fgh at the unit's λ from the 0.5 baseline's warm-up. The question named before "
+             f"running: **{DROPOUT_QUESTION[0]} − {DROPOUT_QUESTION[1]}**.", "",
+             "| model | accuracy (mean over actors) |", "| --- | --- |"]  # fmt: skip
+    lines += [f"| {n} | {100 * unit_accuracy(dropout_outcomes(units, n))['mean']:.1f} % |" for n in names]
+    lines += ["", "| paired difference | actor-level mean and 95 % interval | same weights as the other |", "| --- | --- | --- |"]
+    for a, b, label, d, question in dropout_rows(units):
+        same = sum(u["dropout"][a]["digest"] == u["dropout"][b]["digest"] for u in units)
+        lines.append(f"| {label}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
+    lines += ["", "The fused models with a modality missing at test time:", "",
+              "| missing | rate | " + " | ".join(fused) + f" | {DROPOUT_BASE} − baseline |",
+              "| --- | --- | " + " | ".join("---" for _ in fused) + " | --- |"]  # fmt: skip
+    for cond in units[0]["dropout"]["baseline"]["missing"]:
         s, r = cond.split("@")
-        base = [o for u in units for o in u["missing"]["baseline"][cond]] if all("missing" in u for u in units) else None
-        cells = [f"{100 * unit_accuracy(dropout_outcomes(units, n, cond))['mean']:.1f} %" for n in units[0]["dropout"]]
-        mine = dropout_outcomes(units, DROPOUT_BASE, cond)
-        base_cell, diff = (f"{100 * unit_accuracy(base)['mean']:.1f} %", fmt_diff(unit_paired(mine, base))) if base else ("", "")
-        lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {base_cell} | {' | '.join(cells)} | {diff} |")
+        cells = [f"{100 * unit_accuracy(dropout_outcomes(units, n, cond))['mean']:.1f} %" for n in fused]
+        diff = fmt_diff(unit_paired(dropout_outcomes(units, DROPOUT_BASE, cond), dropout_outcomes(units, "baseline", cond)))
+        lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {' | '.join(cells)} | {diff} |")
     return lines + [""]
 
 
@@ -524,7 +532,7 @@ def forest_png(data: dict, path: Path) -> None:
         if us:
             get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
             rows += [("semi", f"{m} − baseline, {100 * float(f):.0f} % labelled", unit_paired(get(m), get("baseline")), False) for m in ("fg", "fgh")]
-    rows += [("dropout", label, d, False) for label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
+    rows += [("dropout", label, d, False) for _, _, label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
     rows += [("gap", f"{name}: random − actor protocol", g["gap"], False) for name in ("baseline", "fgh")
              if (g := protocol_gap(data, name)) is not None]  # fmt: skip
     main = [u for u in units_of(data, "actor") if "missing" in u]
@@ -581,7 +589,7 @@ def main() -> None:
         for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
             steps += [("random", f, seed)] if "random" in parts else []
             steps += [("semi", f, seed)] if "semi" in parts else []
-        for f in args.folds:  # the secondary part last (it needs the unit's runs under --out)
+        for f in args.folds:  # the secondary part last (it needs the unit's depth and λ)
             steps += [("dropout", f, seed)] if "dropout" in parts else []
     for what, fold, seed in steps:
         t0 = time.time()

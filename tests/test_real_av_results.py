@@ -73,22 +73,28 @@ def test_the_protocol_gap_pairs_the_recordings_both_protocols_tested():
     assert any(line.startswith("| baseline | ") for line in real_av.gap_markdown(data))
 
 
-def test_the_modality_dropout_table_names_its_question_and_pairs_fgh_with_the_baseline_it_started_from():
+def test_the_modality_dropout_table_pairs_every_model_within_the_parts_own_stage_1_and_names_its_question():
     videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
     right = lambda n: outcomes(videos, [i < n for i in range(len(videos))])  # noqa: E731  # the first n right
-    models = {m: {"outcomes": right(6), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}
-    dropout = {"baseline md0.25": {"outcomes": right(7), "digest": "b25", "missing": {"audio@0.5": right(5)}},
+    main = {m: {"outcomes": right(12), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}  # another stage 1
+    dropout = {"baseline": {"outcomes": right(6), "digest": "b", "missing": {"audio@0.5": right(4)}},
+               "audio only": {"outcomes": right(7), "digest": "a"}, "visual only": {"outcomes": right(5), "digest": "v"},
+               "baseline md0.25": {"outcomes": right(7), "digest": "b25", "missing": {"audio@0.5": right(5)}},
                "baseline md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}},
                "fgh md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}}}  # fmt: skip
-    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": models, "dropout": dropout,
-            "missing": {m: {"audio@0.5": right(4)} for m in ("baseline", "fg", "fgh")}}  # fmt: skip
-    rows = {label: (d, question) for label, d, question in real_av.dropout_rows([unit])}
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": main, "dropout": dropout}
+    rows = {label: (d, question) for _, _, label, d, question in real_av.dropout_rows([unit])}
     assert [label for label, (_, q) in rows.items() if q] == ["baseline md0.5 − audio only"]
-    assert abs(rows["baseline md0.5 − audio only"][0]["mean"] - 3 / 12) < 1e-9  # Actor_05 all right in both; Actor_08 3 of 6 more
+    # Actor_05 all right in both; Actor_08 3 of 6 against 1 of 6: against the part's own audio only, not the main one (12 right)
+    assert abs(rows["baseline md0.5 − audio only"][0]["mean"] - 1 / 6) < 1e-9
+    assert abs(rows["baseline − audio only"][0]["mean"] - (-1 / 12)) < 1e-9
+    assert "fgh md0.5 − baseline md0.5" in rows and "baseline − baseline" not in rows
     table = real_av.dropout_markdown([unit])
-    assert any("(**question**)" in line and line.startswith("| baseline md0.5 |") for line in table)
-    same = {line.split(" | ")[0]: line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh md0.5 | ")}
-    assert same == {"| fgh md0.5": "1 of 1 |"}  # the same digest as its own baseline, md0.5: said, not hidden
+    assert any("(**question**)" in line and line.startswith("| baseline md0.5 − audio only") for line in table)
+    same = [line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh md0.5 − baseline md0.5 |")]
+    assert same == ["1 of 1 |"]  # the same digest as the baseline it started from: said, not hidden
+    missing = [line for line in table if line.startswith("| audio | 0.5 |")]
+    assert len(missing) == 1 and "66.7 %" in missing[0] and "33.3 %" in missing[0]  # md0.5 8 of 12 (Actor_08 2 of 6), baseline 4 (0 of 6)
 
 
 def test_the_semi_supervised_table_pairs_each_fraction_within_itself_on_the_units_that_have_every_fraction():
