@@ -81,20 +81,23 @@ def test_the_modality_dropout_table_pairs_every_model_within_the_parts_own_stage
                "audio only": {"outcomes": right(7), "digest": "a"}, "visual only": {"outcomes": right(5), "digest": "v"},
                "baseline md0.25": {"outcomes": right(7), "digest": "b25", "missing": {"audio@0.5": right(5)}},
                "baseline md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}},
-               "fgh md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}}}  # fmt: skip
+               "fgh md0.5": {"outcomes": right(10), "digest": "b50", "missing": {"audio@0.5": right(8)}}}  # fmt: skip
     unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": main, "dropout": dropout}
     rows = {label: (d, question) for _, _, label, d, question in real_av.dropout_rows([unit])}
     assert [label for label, (_, q) in rows.items() if q] == ["baseline md0.5 − audio only"]
     # Actor_05 all right in both; Actor_08 3 of 6 against 1 of 6: against the part's own audio only, not the main one (12 right)
     assert abs(rows["baseline md0.5 − audio only"][0]["mean"] - 1 / 6) < 1e-9
     assert abs(rows["baseline − audio only"][0]["mean"] - (-1 / 12)) < 1e-9
-    assert "fgh md0.5 − baseline md0.5" in rows and "baseline − baseline" not in rows
+    assert abs(rows["baseline md0.5 − baseline"][0]["mean"] - 1 / 4) < 1e-9  # the part's baseline (6 right), not the main one
+    assert abs(rows["fgh md0.5 − baseline md0.5"][0]["mean"] - 1 / 12) < 1e-9  # the baseline it started from, not md0 or md0.25
+    assert "baseline − baseline" not in rows
     table = real_av.dropout_markdown([unit])
     assert any("(**question**)" in line and line.startswith("| baseline md0.5 − audio only") for line in table)
     same = [line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh md0.5 − baseline md0.5 |")]
     assert same == ["1 of 1 |"]  # the same digest as the baseline it started from: said, not hidden
     missing = [line for line in table if line.startswith("| audio | 0.5 |")]
     assert len(missing) == 1 and "66.7 %" in missing[0] and "33.3 %" in missing[0]  # md0.5 8 of 12 (Actor_08 2 of 6), baseline 4 (0 of 6)
+    assert missing[0].split(" | ")[-1].startswith("+33.3 points")  # md0.5 − the part's baseline: (+2, +2)/6, against md0.25 it'd be +25
 
 
 def test_the_semi_supervised_table_pairs_each_fraction_within_itself_on_the_units_that_have_every_fraction():
@@ -118,6 +121,7 @@ def test_the_semi_supervised_table_pairs_each_fraction_within_itself_on_the_unit
     assert ten[1:6] == ["0.0 %", "50.0 %", "8.3 %", "8.3 %", "41.7 %"]  # each fraction's own models, actors 05 and 08 only
     assert full[1:6] == ["25.0 %", "16.7 %", "50.0 %", "50.0 %", "75.0 %"]  # the main models of the same unit
     assert ten[6].startswith("+33.3") and half[6].startswith("+91.7") and full[6].startswith("+25.0")  # per actor: (+3, +1)/6, (+5, +6)/6, (+1, +2)/6
+    assert ten[8].startswith("-41.7") and full[8].startswith("+33.3")  # baseline − visual only: (-5, 0)/6 in the fraction, (+2, +2)/6 in the main
     assert ten[-1] == "1, 0 of 1 |" and full[-1] == "1, 0 of 1 |"  # fg kept its baseline's weights: said, in each row
     assert real_av.semi_markdown([]) == []
 
