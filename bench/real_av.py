@@ -496,6 +496,20 @@ def dropout_rows(units: list[dict]) -> list[tuple[str, str, str, dict, bool]]:
             for a, b in pairs]  # fmt: skip
 
 
+def follows(units: list[dict], name: str) -> tuple[float, float]:
+    """Over the actors, the correlation of a model's accuracy with the part's audio-only and
+    action-unit-only accuracy (the same stage 1): which input a fused model leans on. NaN where
+    there are fewer than three actors or one of them does not vary."""
+    acc = lambda n: unit_accuracy(dropout_outcomes(units, n))["per_unit"]  # noqa: E731
+    mine = acc(name)
+    actors = sorted(mine)
+    out = []
+    for other in (acc("audio only"), acc("visual only")):
+        x, y = np.array([mine[a] for a in actors]), np.array([other[a] for a in actors])
+        out.append(float(np.corrcoef(x, y)[0, 1]) if len(actors) >= 3 and x.std() > 0 and y.std() > 0 else float("nan"))
+    return out[0], out[1]
+
+
 def dropout_markdown(units: list[dict]) -> list[str]:
     if not units:
         return []
@@ -506,8 +520,11 @@ def dropout_markdown(units: list[dict]) -> list[str]:
              "networks, the baseline trained again with a share of the training windows of the warm-up and stage 2 losing their "
              "audio or their action units, and fgh at the unit's λ from the 0.5 baseline's warm-up. The question named before "
              f"running: **{DROPOUT_QUESTION[0]} − {DROPOUT_QUESTION[1]}**.", "",
-             "| model | accuracy (mean over actors) |", "| --- | --- |"]  # fmt: skip
-    lines += [f"| {n} | {100 * unit_accuracy(dropout_outcomes(units, n))['mean']:.1f} % |" for n in names]
+             "| model | accuracy (mean over actors) | over actors, its correlation with audio only | with action units only |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    r = lambda v: "–" if np.isnan(v) else f"{v:+.2f}"  # noqa: E731
+    lines += [f"| {n} | {100 * unit_accuracy(dropout_outcomes(units, n))['mean']:.1f} % | "
+              + (" | ".join(map(r, follows(units, n))) if n in fused else " | ") + " |" for n in names]  # fmt: skip
     lines += ["", "| paired difference | actor-level mean and 95 % interval | same weights as the other |", "| --- | --- | --- |"]
     for a, b, label, d, question in dropout_rows(units):
         same = sum(u["dropout"][a]["digest"] == u["dropout"][b]["digest"] for u in units)

@@ -100,6 +100,20 @@ def test_the_modality_dropout_table_pairs_every_model_within_the_parts_own_stage
     assert missing[0].split(" | ")[-1].startswith("+33.3 points")  # md0.5 − the part's baseline: (+2, +2)/6, against md0.25 it'd be +25
 
 
+def test_which_input_a_fused_model_follows_is_its_correlation_over_actors_with_each_modality_alone():
+    actors = (1, 2, 3)
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in actors for k in range(3, 7)]  # 4 per actor
+    per_actor = lambda *n: outcomes(videos, [k < n[i // 4] for i in range(12) for k in [i % 4]])  # noqa: E731  # n[j] right of actor j's 4
+    dropout = {"baseline": {"outcomes": per_actor(1, 2, 4), "digest": "b", "missing": {}},
+               "audio only": {"outcomes": per_actor(4, 2, 1), "digest": "a"}, "visual only": {"outcomes": per_actor(0, 1, 3), "digest": "v"}}
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": {}, "dropout": dropout}
+    audio, au = real_av.follows([unit], "baseline")
+    assert audio < -0.9 and au > 0.9  # up with the action units, down with audio
+    row = [line for line in real_av.dropout_markdown([unit]) if line.startswith("| baseline | ")]
+    assert row and f"{au:+.2f}" in row[0] and f"{audio:+.2f}" in row[0]
+    assert all(v != v for v in real_av.follows([{**unit, "dropout": {**dropout, "audio only": dropout["baseline"] | {"outcomes": per_actor(2, 2, 2)}}}], "baseline")[:1])
+
+
 def test_the_semi_supervised_table_pairs_each_fraction_within_itself_on_the_units_that_have_every_fraction():
     def unit(fold, actors, fractions):
         videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in actors for k in range(3, 9)]
