@@ -515,6 +515,8 @@ def dropout_markdown(units: list[dict]) -> list[str]:
         return []
     names = list(units[0]["dropout"])
     fused = [n for n in names if not n.endswith(" only")]
+    # dropout against none, and the correlation loss on top of dropout, each with a modality missing
+    missing_pairs = [(DROPOUT_BASE, "baseline")] + [(n, DROPOUT_BASE) for n in fused if n.startswith("fgh")]
     lines = [f"## Modality dropout (actor protocol, {len(units)} units; secondary: why the fused baseline is not above audio only)", "",
              "A stage 1 of the part's own per unit, and from it the baseline at the unit's depth, its audio-only and visual-only "
              "networks, the baseline trained again with a share of the training windows of the warm-up and stage 2 losing their "
@@ -530,13 +532,13 @@ def dropout_markdown(units: list[dict]) -> list[str]:
         same = sum(u["dropout"][a]["digest"] == u["dropout"][b]["digest"] for u in units)
         lines.append(f"| {label}{' (**question**)' if question else ''} | {fmt_diff(d)} | {same} of {len(units)} |")
     lines += ["", "The fused models with a modality missing at test time:", "",
-              "| missing | rate | " + " | ".join(fused) + f" | {DROPOUT_BASE} − baseline |",
-              "| --- | --- | " + " | ".join("---" for _ in fused) + " | --- |"]  # fmt: skip
+              "| missing | rate | " + " | ".join(fused) + "".join(f" | {a} − {b}" for a, b in missing_pairs) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in fused) + " | ---" * len(missing_pairs) + " |"]  # fmt: skip
     for cond in units[0]["dropout"]["baseline"]["missing"]:
         s, r = cond.split("@")
         cells = [f"{100 * unit_accuracy(dropout_outcomes(units, n, cond))['mean']:.1f} %" for n in fused]
-        diff = fmt_diff(unit_paired(dropout_outcomes(units, DROPOUT_BASE, cond), dropout_outcomes(units, "baseline", cond)))
-        lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {' | '.join(cells)} | {diff} |")
+        cells += [fmt_diff(unit_paired(dropout_outcomes(units, a, cond), dropout_outcomes(units, b, cond))) for a, b in missing_pairs]
+        lines.append(f"| {'action units' if s == 'visual' else s} | {r} | {' | '.join(cells)} |")
     return lines + [""]
 
 

@@ -81,7 +81,7 @@ def test_the_modality_dropout_table_pairs_every_model_within_the_parts_own_stage
                "audio only": {"outcomes": right(7), "digest": "a"}, "visual only": {"outcomes": right(5), "digest": "v"},
                "baseline md0.25": {"outcomes": right(7), "digest": "b25", "missing": {"audio@0.5": right(5)}},
                "baseline md0.5": {"outcomes": right(9), "digest": "b50", "missing": {"audio@0.5": right(8)}},
-               "fgh md0.5": {"outcomes": right(10), "digest": "b50", "missing": {"audio@0.5": right(8)}}}  # fmt: skip
+               "fgh md0.5": {"outcomes": right(10), "digest": "b50", "missing": {"audio@0.5": right(9)}}}  # fmt: skip
     unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": main, "dropout": dropout}
     rows = {label: (d, question) for _, _, label, d, question in real_av.dropout_rows([unit])}
     assert [label for label, (_, q) in rows.items() if q] == ["baseline md0.5 − audio only"]
@@ -97,7 +97,8 @@ def test_the_modality_dropout_table_pairs_every_model_within_the_parts_own_stage
     assert same == ["1 of 1 |"]  # the same digest as the baseline it started from: said, not hidden
     missing = [line for line in table if line.startswith("| audio | 0.5 |")]
     assert len(missing) == 1 and "66.7 %" in missing[0] and "33.3 %" in missing[0]  # md0.5 8 of 12 (Actor_08 2 of 6), baseline 4 (0 of 6)
-    assert missing[0].split(" | ")[-1].startswith("+33.3 points")  # md0.5 − the part's baseline: (+2, +2)/6, against md0.25 it'd be +25
+    assert missing[0].split(" | ")[-2].startswith("+33.3 points")  # md0.5 − the part's baseline: (+2, +2)/6, against md0.25 it'd be +25
+    assert missing[0].split(" | ")[-1].startswith("+8.3 points")  # fgh md0.5 − md0.5: (0, +1)/6; against md0.25 +33.3, the baseline +41.7
 
 
 def test_which_input_a_fused_model_follows_is_its_correlation_over_actors_with_each_modality_alone():
