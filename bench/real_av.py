@@ -34,6 +34,12 @@ between train and test. In each unit:
    action units), and fgh at the unit's λ from the 0.5 baseline; each fused model with the
    missing-modality sweep. Its question, named before running: **baseline with modality dropout
    0.5 − audio only**, unit the actor.
+7. ``late`` (secondary, asks whether the fusion network is what makes the fused model follow the
+   action units): a stage 1 of its own, the baseline at the unit's depth, fgh at the unit's λ from
+   it, the two unimodal networks, and their product of experts (``models.ProductModel``: per window
+   p ∝ p_audio · p_visual, nothing trained on top), plain and with the audio weight chosen on the
+   fold's validation actors; each fused model with the missing-modality sweep. Its question, named
+   before running: **product − baseline**, unit the actor.
 
 The settings are pinned (``PINNED``): the recipe as the benchmark started under, so that a later
 change of the defaults for facial features does not change the units still to run.
@@ -73,6 +79,7 @@ PINNED = dict(backbone="resnet18", epochs=12, joint_epochs=2, windows_per_epoch=
               batch_size=64, spec_augment=True, level="window", evidence=True)  # fmt: skip
 DROPOUTS = (0.25, 0.5)
 DROPOUT_BASE = f"baseline md{max(DROPOUTS):g}"  # the dropout baseline fgh starts from, and the question's
+PRODUCT_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)  # the late-fusion part's audio weights, chosen among on validation
 
 LAMS = (0.01, 0.1, 1.0)
 DEPTHS = (2, 1)  # the recipe's first: it trains stage 1
@@ -234,6 +241,92 @@ class Bench:
                            for name, r in out.items()}  # fmt: skip
         self.data["seconds"]["dropout"] = self.data["seconds"].get("dropout", 0) + time.time() - t0
 
+    def late(self, fold: int, seed: int) -> None:
+        """Late fusion (secondary, asks whether the fusion network is what keeps the fused model
+        near the action units): a stage 1 of its own, the baseline at the unit's depth and fgh at
+        the unit's λ from it, its two stage-1 networks alone, and their product of experts (each
+        window: p ∝ p_audio · p_visual where it has both inputs), with nothing trained on top;
+        beside it the product with the audio weight chosen on the fold's validation actors. Each
+        fused model with the missing-modality sweep."""
+        key = f"actor/fold{fold}/seed{seed}"
+        unit = self.data["units"].get(key)
+        if unit is None:
+            print(f"{key}: not recorded yet (--parts main first): no late-fusion runs for it (they take its depth and λ)", flush=True)
+            return
+        if "late" in unit:
+            return
+        depth, lam = unit["depth"], unit["lam"]["fgh"]
+
+        def run(name: str, **kw) -> dict:
+            return self.run("late", fold, seed, name, account="late", **kw)
+
+        base = run(f"baseline_L{depth}", corr="none", fusion_layers=depth)
+        out = {"baseline": base, "fgh": run(f"fgh_lam{lam:g}_L{depth}", corr="fgh", lam=lam, fusion_layers=depth, init_from=base["folder"]),
+               "audio only": run("audio_only", modalities=("audio",), init_from=base["folder"]),
+               "visual only": run("visual_only", modalities=("visual",), init_from=base["folder"])}  # fmt: skip
+        t0 = time.time()
+        late = {name: {"outcomes": self.outcomes(r, fold, seed), "digest": self.digest(r),
+                       **({} if name.endswith(" only") else {"missing": self.sweep(Path(r["folder"]), fold, seed)})}
+                for name, r in out.items()}  # fmt: skip
+        late.update(self.products(out, fold, seed))
+        unit["late"] = late
+        self.data["seconds"]["late"] = self.data["seconds"].get("late", 0) + time.time() - t0
+
+    def products(self, runs: dict, fold: int, seed: int) -> dict:
+        """The product of the unit's two stage-1 networks (``ProductModel``), plain (audio weight 0.5)
+        and with the weight of best validation video accuracy (then window accuracy, then nearest
+        0.5), each with its test answers and missing-modality sweep. Each network answers every
+        validation and test window once; every weight and sweep combines those answers."""
+        import torch
+
+        from avhgr.cache import Cache as _Cache
+        from avhgr.data import WindowReader, device_batches
+        from avhgr.distributed import resolve_device
+        from avhgr.evaluate import channels_last, metrics, missing_sweep
+        from avhgr.models import ProductModel
+        from avhgr.precision import autocast, inference_amp
+        from avhgr.runs import RunFolder, load_model
+
+        dev = resolve_device(self.args.device)
+        (audio, audio_card), (visual, visual_card) = (load_model(runs[m]["folder"], dev) for m in ("audio only", "visual only"))
+        card = json.loads((Path(runs["baseline"]["folder"]) / "model.json").read_text())
+        if audio_card["audio_stats"] != card["audio_stats"] or visual_card["visual_input"].get("stats") != card["visual_input"].get("stats"):
+            raise RuntimeError(f"{runs['baseline']['folder']}: its stage-1 networks were fed otherwise than the joint model (input statistics differ)")
+        data = _Cache.open(self.cache)
+        reader = WindowReader(data, tuple(card["audio_stats"]), ("audio", "visual"), card["level"], card["evidence"], card["visual_input"]["stats"])
+        ids = {v["path"]: v["id"] for v in data.videos}
+        split = RunFolder(runs["baseline"]["folder"]).split()
+        val, test = ([ids[e["path"]] for e in split[part]] for part in ("val", "test"))
+        model, amp = ProductModel(audio, visual), inference_amp(card["amp"], dev)
+        every = reader.windows(val + test)  # sorted: a window's row is found by searchsorted
+        answers = []
+        with torch.no_grad(), channels_last(model):
+            for batch in device_batches(reader.read, [every[i : i + 256] for i in range(0, len(every), 256)], dev, channels_last=True):
+                with autocast(dev, amp):
+                    answers.append([t.cpu() for t in model.log_probs(batch)[:2]])
+        la, lv = (torch.cat([a[k] for a in answers]) for k in (0, 1))
+
+        def probabilities(r: WindowReader, windows: np.ndarray, w: float) -> np.ndarray:
+            rows = np.searchsorted(every, windows)
+            has = [torch.from_numpy(r.present[m][windows]) for m in ("audio", "visual")]
+            return torch.softmax(ProductModel.combine(la[rows], lv[rows], *has, w), dim=1).numpy()
+
+        scored = {}
+        for w in PRODUCT_WEIGHTS:
+            windows = reader.windows(val)
+            m = metrics(probabilities(reader, windows, w), windows, data, val)
+            scored[w] = (m["video_accuracy"], m["window_accuracy"], -abs(w - 0.5))
+        best = max(PRODUCT_WEIGHTS, key=lambda w: scored[w])
+        out = {}
+        for name, w in (("product", 0.5), ("product, val weight", best)):
+            # rate 0 of one scenario: every test recording whole (the sweep names each answer's recording)
+            sweep = missing_sweep(model, reader, data, test, dev, amp, ("audio", "visual"), (0.0, *RATES), seed,
+                                  probabilities=lambda r, windows, w=w: probabilities(r, windows, w))  # fmt: skip
+            out[name] = {"outcomes": self.outcomes(None, fold, seed, sweep[("audio", 0.0)]["predictions"]), "weight": w, "val": scored[w][0],
+                         "missing": {f"{s}@{r:g}": self.outcomes(None, fold, seed, c["predictions"]) for (s, r), c in sweep.items() if r}}  # fmt: skip
+        out["product, val weight"]["val_by_weight"] = {f"{w:g}": scored[w][0] for w in PRODUCT_WEIGHTS}
+        return out
+
     def semi(self, fold: int, seed: int, fraction: float) -> None:
         unit = self.data["units"][f"actor/fold{fold}/seed{seed}"]
         if f"{fraction:g}" in unit.setdefault("semi", {}):
@@ -351,7 +444,7 @@ def report_markdown(data: dict, args) -> str:
     trained_on = data.get("trained_on", {})  # "part/foldF/seedS" -> the machine (the file may be finished on several)
     where = {m: sum(v == m for v in trained_on.values()) for m in dict.fromkeys(trained_on.values())}
     parts = [k for key, u in data["units"].items() for k in (key, *(f"semi{f}/{key.split('/', 1)[1]}" for f in u.get("semi", {})),
-                                                              *([f"dropout/{key.split('/', 1)[1]}"] if "dropout" in u else []))]  # fmt: skip
+                                                              *(f"{p}/{key.split('/', 1)[1]}" for p in ("dropout", "late") if p in u))]  # fmt: skip
     unrecorded = sum(k not in trained_on for k in parts)
     machines = [f"{m} ({n} of the {len(parts)} parts of units)" for m, n in where.items()]
     machines += [f"not recorded for {unrecorded} (trained before the machine was kept)"] if unrecorded else []
@@ -413,6 +506,7 @@ def report_markdown(data: dict, args) -> str:
                          f"{fmt_diff(unit_paired(get('fg'), get('baseline')))} |")  # fmt: skip
         lines.append("")
     lines += dropout_markdown([u for u in units_of(data, "actor") if "dropout" in u])
+    lines += late_markdown([u for u in units_of(data, "actor") if "late" in u])
     lines += semi_markdown([u for u in units_of(data, "actor") if u.get("semi")])
     secs = data.get("seconds", {})
     lines += ["CPU time of what was trained: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in secs.items()) + ".", ""]
@@ -477,11 +571,12 @@ def gap_markdown(data: dict) -> list[str]:
 DROPOUT_QUESTION = (DROPOUT_BASE, "audio only")
 
 
-def dropout_outcomes(units: list[dict], name: str, cond: str | None = None) -> list[dict]:
-    """One modality-dropout model's test answers over the units, or its answers in one missing-modality condition."""
+def dropout_outcomes(units: list[dict], name: str, cond: str | None = None, part: str = "dropout") -> list[dict]:
+    """One model's test answers over the units in a part of its own (``dropout``, ``late``), or its
+    answers in one missing-modality condition."""
     if cond is None:
-        return model_outcomes(units, name, lambda u: u["dropout"])
-    return [o for u in units for o in u["dropout"][name]["missing"][cond]]
+        return model_outcomes(units, name, lambda u: u[part])
+    return [o for u in units for o in u[part][name]["missing"][cond]]
 
 
 def dropout_rows(units: list[dict]) -> list[tuple[str, str, str, dict, bool]]:
@@ -496,11 +591,11 @@ def dropout_rows(units: list[dict]) -> list[tuple[str, str, str, dict, bool]]:
             for a, b in pairs]  # fmt: skip
 
 
-def follows(units: list[dict], name: str) -> tuple[float, float]:
+def follows(units: list[dict], name: str, part: str = "dropout") -> tuple[float, float]:
     """Over the actors, the correlation of a model's accuracy with the part's audio-only and
     action-unit-only accuracy (the same stage 1): which input a fused model leans on. NaN where
     there are fewer than three actors or one of them does not vary."""
-    acc = lambda n: unit_accuracy(dropout_outcomes(units, n))["per_unit"]  # noqa: E731
+    acc = lambda n: unit_accuracy(dropout_outcomes(units, n, part=part))["per_unit"]  # noqa: E731
     mine = acc(name)
     actors = sorted(mine)
     out = []
@@ -542,6 +637,62 @@ def dropout_markdown(units: list[dict]) -> list[str]:
     return lines + [""]
 
 
+LATE_QUESTION = ("product", "baseline")
+LATE_FUSED = ("baseline", "fgh", "product", "product, val weight")
+
+
+def late_rows(units: list[dict]) -> list[tuple[str, str, str, dict, bool]]:
+    """(model, other, label, unit_paired result, this part's question?) of the late-fusion part, every
+    model from the part's own stage 1: the product against the baseline first (the question)."""
+    if not units:
+        return []
+    pairs = [LATE_QUESTION, ("product", "audio only"), ("product", "visual only"), ("product", "fgh"), ("fgh", "baseline"),
+             ("baseline", "audio only"), ("product, val weight", "baseline"), ("product, val weight", "product")]  # fmt: skip
+    get = lambda n: dropout_outcomes(units, n, part="late")  # noqa: E731
+    return [(a, b, f"{a} − {b}", unit_paired(get(a), get(b)), (a, b) == LATE_QUESTION) for a, b in pairs]
+
+
+def late_markdown(units: list[dict]) -> list[str]:
+    if not units:
+        return []
+    get = lambda n, cond=None: dropout_outcomes(units, n, cond, part="late")  # noqa: E731
+    lines = [f"## Late fusion (actor protocol, {len(units)} units; secondary: is the fusion network what makes the fused model "
+             "follow the action units?)", "",
+             "A stage 1 of the part's own per unit, and from it the baseline at the unit's depth, fgh at the unit's λ from the "
+             "baseline's warm-up, the audio-only and visual-only networks, and their product of experts (per window p ∝ "
+             "p_audio · p_visual where both inputs are there, else the one that is; nothing trained on top); beside it, the "
+             f"product with the audio weight w (p ∝ p_audio^2w · p_visual^2(1−w)) chosen on the fold's validation actors among "
+             f"{', '.join(f'{w:g}' for w in PRODUCT_WEIGHTS)}. The question named before running: "
+             f"**{LATE_QUESTION[0]} − {LATE_QUESTION[1]}**.", "",
+             "| model | accuracy (mean over actors) | 95 % interval | over actors, its correlation with audio only | with action units only |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    r = lambda v: "–" if np.isnan(v) else f"{v:+.2f}"  # noqa: E731
+    for n in ("audio only", "visual only", *LATE_FUSED):
+        acc = unit_accuracy(get(n))
+        corr = " | ".join(map(r, follows(units, n, "late"))) if n in LATE_FUSED else " | "
+        lines.append(f"| {n} | {100 * acc['mean']:.1f} % | [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}] | {corr} |")
+    lines += ["", "| paired difference | actor-level mean and 95 % interval | per seed | same weights as the other |", "| --- | --- | --- | --- |"]
+    for a, b, label, d, question in late_rows(units):
+        trained = all("digest" in u["late"][n] for u in units for n in (a, b))
+        same = f"{sum(u['late'][a]['digest'] == u['late'][b]['digest'] for u in units)} of {len(units)}" if trained else "–"
+        lines.append(f"| {label}{' (**question**)' if question else ''} | {fmt_diff(d)} | "
+                     f"{' '.join(pct(v) for v in d['per_seed'].values())} | {same} |")  # fmt: skip
+    weights: dict[float, int] = {}
+    for u in units:
+        weights[u["late"]["product, val weight"]["weight"]] = weights.get(u["late"]["product, val weight"]["weight"], 0) + 1
+    lines += ["", f"Audio weight chosen on validation in the {len(units)} units: "
+              + ", ".join(f"{w:g} {n}x" for w, n in sorted(weights.items())) + ".", "",
+              "The fused models with a modality missing at test time:", "",
+              "| missing | rate | " + " | ".join(LATE_FUSED) + " | product − baseline | product − fgh |",
+              "| --- | --- | " + " | ".join("---" for _ in LATE_FUSED) + " | --- | --- |"]  # fmt: skip
+    for cond in units[0]["late"]["baseline"]["missing"]:
+        s, rate = cond.split("@")
+        cells = [f"{100 * unit_accuracy(get(n, cond))['mean']:.1f} %" for n in LATE_FUSED]
+        cells += [fmt_diff(unit_paired(get("product", cond), get(b, cond))) for b in ("baseline", "fgh")]
+        lines.append(f"| {'action units' if s == 'visual' else s} | {rate} | {' | '.join(cells)} |")
+    return lines + [""]
+
+
 def forest_png(data: dict, path: Path) -> None:
     import matplotlib
 
@@ -555,6 +706,7 @@ def forest_png(data: dict, path: Path) -> None:
             get = lambda n: [o for u in us for o in u["semi"][f][n]["outcomes"]]  # noqa: E731
             rows += [("semi", f"{m} − baseline, {100 * float(f):.0f} % labelled", unit_paired(get(m), get("baseline")), False) for m in ("fg", "fgh")]
     rows += [("dropout", label, d, False) for _, _, label, d, _ in dropout_rows([u for u in units_of(data, "actor") if "dropout" in u])]
+    rows += [("late", label, d, False) for _, _, label, d, _ in late_rows([u for u in units_of(data, "actor") if "late" in u])]
     rows += [("gap", f"{name}: random − actor protocol", g["gap"], False) for name in ("baseline", "fgh")
              if (g := protocol_gap(data, name)) is not None]  # fmt: skip
     main = [u for u in units_of(data, "actor") if "missing" in u]
@@ -589,7 +741,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     ap.add_argument("--folds", type=lambda s: [int(x) for x in s.split(",")], default=list(range(6)))
     ap.add_argument("--parts", default="main,missing,random,semi", help="in order of priority: main, missing, random, semi; "
-                    "and dropout (secondary)")
+                    "and dropout and late (secondary)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--retrain-for-missing", action="store_true", help="a unit recorded without its missing-modality sweep whose models "
                     "are not under --out: train it again (its record is replaced) rather than skip the sweep")
@@ -599,9 +751,9 @@ def main() -> None:
     args.extra = dict(epochs=1, joint_epochs=1, windows_per_epoch=2, joint_windows=1, val_windows=2) if args.smoke else {}
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
-    unknown = set(parts) - {"main", "missing", "random", "semi", "dropout"}
+    unknown = set(parts) - {"main", "missing", "random", "semi", "dropout", "late"}
     if unknown:
-        ap.error(f"--parts: {', '.join(sorted(unknown))} is not one of main, missing, random, semi, dropout")
+        ap.error(f"--parts: {', '.join(sorted(unknown))} is not one of main, missing, random, semi, dropout, late")
     bench = Bench(args, make_cache(args))
     steps = []
     for seed in args.seeds:  # the main protocol over every fold first: every actor tested once
@@ -611,8 +763,9 @@ def main() -> None:
         for f in args.folds:  # then the paper's protocol and the labelled fractions, fold by fold
             steps += [("random", f, seed)] if "random" in parts else []
             steps += [("semi", f, seed)] if "semi" in parts else []
-        for f in args.folds:  # the secondary part last (it needs the unit's depth and λ)
+        for f in args.folds:  # the secondary parts last (they need the unit's depth and λ)
             steps += [("dropout", f, seed)] if "dropout" in parts else []
+            steps += [("late", f, seed)] if "late" in parts else []
     for what, fold, seed in steps:
         t0 = time.time()
         if what == "main":
@@ -623,6 +776,8 @@ def main() -> None:
             bench.missing(fold, seed)
         elif what == "dropout":
             bench.dropout(fold, seed)
+        elif what == "late":
+            bench.late(fold, seed)
         else:
             for fraction in FRACTIONS:
                 bench.semi(fold, seed, fraction)

@@ -178,3 +178,26 @@ def test_imagenet_offline_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "urlopen", no_network)
     with pytest.raises(PretrainedWeightsError, match="offline"):
         build_backbone("resnet18", pretrained="imagenet")
+
+
+def test_product_model_multiplies_the_networks_answers_where_a_window_has_both_inputs():
+    """Late fusion: a window with both inputs gets p ∝ p_audio · p_visual (audio weight 0.5), one with
+    only speech the audio network's own answer, one with only a face the visual network's; the audio
+    weight tilts the product only where both answer."""
+    from avhgr.models import ProductModel
+
+    torch.manual_seed(0)
+    audio, visual = ModalityNet(NUM_CLASSES, "audio", "resnet18").eval(), ModalityNet(NUM_CLASSES, "visual", feature_dim=7).eval()
+    specs, feats = torch.randn(3, 1, 40, 40), torch.randn(3, 7)
+    batch = make_batch(visual=feats, audio=specs, visual_present=torch.tensor([True, False, True]),
+                       audio_present=torch.tensor([True, True, False]))  # fmt: skip
+    with torch.no_grad():
+        pa, pv = (torch.softmax(net.head(net.features(x)), dim=1) for net, x in ((audio, specs), (visual, feats)))
+        p = torch.softmax(ProductModel(audio, visual)(batch).logits, dim=1)
+        assert torch.allclose(p[0], pa[0] * pv[0] / (pa[0] * pv[0]).sum(), atol=1e-5)
+        assert torch.allclose(p[1], pa[1], atol=1e-5) and torch.allclose(p[2], pv[2], atol=1e-5)
+        tilted = torch.softmax(ProductModel(audio, visual, audio_weight=1.0)(batch).logits, dim=1)
+        assert torch.allclose(tilted[0], pa[0] ** 2 / (pa[0] ** 2).sum(), atol=1e-5)  # p_audio^2w · p_visual^2(1-w)
+        assert torch.allclose(tilted[1], pa[1], atol=1e-5) and torch.allclose(tilted[2], pv[2], atol=1e-5)
+    with pytest.raises(ValueError, match="an audio and a visual network"):
+        ProductModel(visual, audio)

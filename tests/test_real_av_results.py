@@ -151,3 +151,30 @@ def test_the_tables_name_the_machine_each_part_was_trained_on_and_count_those_no
     header = real_av.report_markdown(data, None).splitlines()[2]
     assert "the CPU (2-core X) in float32 (1 of the 4 parts of units)" in header and "a GPU (Y) in bf16 autocast (1 of the 4" in header
     assert "not recorded for 2 " in header  # fold 1's unit and its 10 % part
+
+
+def test_the_late_fusion_table_pairs_the_product_with_the_parts_own_baseline_and_names_its_question(tmp_path):
+    videos = [f"Actor_{a:02d}/03-01-0{k}-01-01-01-{a:02d}.wav" for a in (5, 8) for k in range(3, 9)]
+    right = lambda n: outcomes(videos, [i < n for i in range(len(videos))])  # noqa: E731  # the first n right
+    main = {m: {"outcomes": right(12), "digest": m} for m in ("baseline", "audio only", "visual only", "fg", "fgh")}  # another stage 1
+    late = {"baseline": {"outcomes": right(6), "digest": "b", "missing": {"visual@0.5": right(3)}},
+            "fgh": {"outcomes": right(7), "digest": "f", "missing": {"visual@0.5": right(4)}},
+            "audio only": {"outcomes": right(8), "digest": "a"}, "visual only": {"outcomes": right(5), "digest": "v"},
+            "product": {"outcomes": right(10), "weight": 0.5, "missing": {"visual@0.5": right(9)}},
+            "product, val weight": {"outcomes": right(11), "weight": 0.65, "missing": {"visual@0.5": right(9)}}}  # fmt: skip
+    unit = {"protocol": "actor", "fold": 1, "seed": 0, "models": main, "late": late}
+    rows = {label: d for _, _, label, d, _ in real_av.late_rows([unit])}
+    assert [label for _, _, label, _, q in real_av.late_rows([unit]) if q] == ["product − baseline"]
+    # Actor_05 6 of 6 in both; Actor_08 4 of 6 against 0 of 6: against the part's baseline (6 right), not the main one (12)
+    assert abs(rows["product − baseline"]["mean"] - 1 / 3) < 1e-9
+    assert abs(rows["product − audio only"]["mean"] - 1 / 6) < 1e-9 and abs(rows["product − fgh"]["mean"] - 1 / 4) < 1e-9
+    table = real_av.late_markdown([unit])
+    assert any("(**question**)" in line and line.startswith("| product − baseline") for line in table)
+    assert [line.rsplit(" | ", 1)[1] for line in table if line.startswith("| fgh − baseline |")] == ["0 of 1 |"]
+    assert [line.rsplit(" | ", 1)[1] for line in table if line.startswith("| product − baseline")] == ["– |"]  # no weights of its own
+    assert any("0.65 1x" in line for line in table)  # the weight validation chose, counted
+    missing = [line for line in table if line.startswith("| action units | 0.5 |")]
+    assert len(missing) == 1 and missing[0].split(" | ")[-2].startswith("+50.0 points")  # product 9 − baseline 3 of 12: (0, +6)/6 / 2
+    assert missing[0].split(" | ")[-1].startswith("+41.7 points")  # − fgh (4 right)
+    real_av.forest_png({"units": {"actor/fold1/seed0": unit}}, tmp_path / "forest.png")  # its rows drawn beside the others
+    assert (tmp_path / "forest.png").stat().st_size > 1000

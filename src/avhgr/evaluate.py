@@ -192,12 +192,20 @@ def evaluate_missing(run: str | Path, scenarios=("audio", "visual", "both"), rat
     test = ids_of_test_videos(folder, data)
     reader = WindowReader(data, tuple(card["audio_stats"]), tuple(card["modalities"]), card.get("level", "absolute"), card.get("evidence", False),
                           card.get("visual_input", {}).get("stats"))  # fmt: skip
-    amp = inference_amp(config.get("amp"), dev)
+    return missing_sweep(model, reader, data, test, dev, inference_amp(config.get("amp"), dev), scenarios, rates, seed)
+
+
+def missing_sweep(model, reader: WindowReader, data: Cache, test: list[int], dev, amp: bool = False, scenarios=("audio", "visual", "both"),
+                  rates=(0.25, 0.5, 0.75), seed: int = 0, probabilities=None) -> dict[tuple[str, float], dict]:  # fmt: skip
+    """``evaluate_missing``'s sweep for a model in memory and the reader that feeds it (``test``: the
+    video ids judged). ``probabilities(reader, windows)``, where given, gives the model's window
+    probabilities without running it (answers computed once, for many sweeps)."""
+    probabilities = probabilities or (lambda r, windows: window_probabilities(model, r, windows, dev, 256, amp))
     passes = {}
     for gone in (None, "audio", "visual"):
         r = reader.dropping({v: gone for v in test}) if gone else reader
         windows = r.windows(test, model.modalities)
-        passes[gone] = (windows, window_probabilities(model, r, windows, dev, 256, amp))
+        passes[gone] = (windows, probabilities(r, windows))
     names = {v["id"]: v["path"] for v in data.videos}
     out = {}
     for scenario in scenarios:

@@ -332,6 +332,60 @@ class AVHGRModel(nn.Module):
         return model
 
 
+class ProductModel(nn.Module):
+    """Late fusion of two stage-1 networks, trained apart, with nothing trained on top: each
+    window's answer is a product of experts over the inputs it has,
+
+        log p(c) = 2w · log p_audio(c) + 2(1 − w) · log p_visual(c) + const,
+
+    the audio network's term only where the window has speech, the visual one's only where it has
+    a face (a window with one input gets that network's answer; with neither, uniform logits,
+    and the evidence rule leaves it out). ``w`` = 0.5 is the plain product, the rule of the
+    built-in model's experts. The comparison the joint model of the paper needs: the same two
+    networks, combined without a fusion network that could learn to trust one of them."""
+
+    modalities = MODALITIES  # a window needs either input
+
+    def __init__(self, audio: ModalityNet, visual: ModalityNet, audio_weight: float = 0.5):
+        super().__init__()
+        if audio.modality != "audio" or visual.modality != "visual":
+            raise ValueError(f"ProductModel takes an audio and a visual network, got {audio.modality} and {visual.modality}")
+        if audio.head.out_features != visual.head.out_features:
+            raise ValueError(f"the networks have {audio.head.out_features} and {visual.head.out_features} classes")
+        if not 0 <= audio_weight <= 1:
+            raise ValueError(f"audio_weight must be in [0, 1], got {audio_weight}")
+        self.audio, self.visual, self.audio_weight = audio, visual, float(audio_weight)
+
+    def log_probs(self, batch: "Batch") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each network's log-probabilities over the batch's windows (zero where its input is not
+        there) and which windows have each input: (audio, visual, has audio, has visual)."""
+        ref = batch.audio if batch.audio is not None else batch.visual
+        if ref is None:
+            raise ValueError("the product model needs at least one of visual or audio input")
+        n, out = ref.shape[0], []
+        for net, x, present in ((self.audio, batch.audio, batch.audio_present), (self.visual, batch.visual, batch.visual_present)):
+            logp = torch.zeros(n, self.audio.head.out_features, device=ref.device)
+            has = torch.zeros(n, dtype=torch.bool) if x is None else present.to(torch.bool).cpu()
+            rows = torch.nonzero(has).flatten()
+            if len(rows):
+                rows = rows.to(ref.device)
+                logp.index_copy_(0, rows, torch.log_softmax(net.head(net.features(x.index_select(0, rows))).float(), dim=1))
+            out.append((logp, has.to(ref.device)))
+        return out[0][0], out[1][0], out[0][1], out[1][1]
+
+    @staticmethod
+    def combine(audio: Tensor, visual: Tensor, has_audio: Tensor, has_visual: Tensor, audio_weight: float = 0.5) -> Tensor:
+        """The rule: logits from the networks' log-probabilities (``log_probs``), weighted where a
+        window has both inputs, a network's own where it alone answers, zero where neither does."""
+        both = (has_audio & has_visual)[:, None]
+        a = torch.where(both, 2 * audio_weight, 1.0) * has_audio[:, None]
+        v = torch.where(both, 2 * (1 - audio_weight), 1.0) * has_visual[:, None]
+        return a * audio + v * visual
+
+    def forward(self, batch: "Batch") -> Output:
+        return Output(logits=self.combine(*self.log_probs(batch), self.audio_weight))
+
+
 def build_model(card: dict) -> nn.Module:
     """The model a card (model.json) describes, with fresh weights."""
     classes, modalities = len(card["classes"]), tuple(card["modalities"])
