@@ -76,7 +76,7 @@ from avhgr.train import TrainConfig, train_owned
 # refused), so that train_owned does not train recorded runs again under newer defaults.
 PINNED = dict(backbone="resnet18", epochs=12, joint_epochs=2, windows_per_epoch=20, joint_windows=5, val_windows=20, feature_noise=0.5,
               fusion_warmup=1, lam_warmup=0, modality_dropout=0.0, feature_norm="batch", weight_decay=0.05, schedule="cosine",
-              batch_size=64, spec_augment=True, level="window", evidence=True)  # fmt: skip
+              batch_size=64, spec_augment=True, level="window", evidence=True, fusion="network")  # fmt: skip
 DROPOUTS = (0.25, 0.5)
 DROPOUT_BASE = f"baseline md{max(DROPOUTS):g}"  # the dropout baseline fgh starts from, and the question's
 PRODUCT_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)  # the late-fusion part's audio weights, chosen among on validation

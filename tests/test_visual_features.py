@@ -170,6 +170,37 @@ def test_predict_with_and_without_the_feature_table(feature_run):
     assert cli.returncode == 0 and "note: the model looks at facial features" in cli.stderr
 
 
+def test_a_product_run_takes_stage_1_as_it_is_and_trains_nothing_on_top(feature_run):
+    """--fusion product: the two stage-1 networks, their answers multiplied per window; no fusion
+    network and no stage 2, its weights are stage 1's, and prediction loads it like any model."""
+    from safetensors.torch import load_file
+
+    from avhgr.errors import RunError
+
+    root, out, _ = feature_run
+    cfg = TrainConfig(cache=str(root / "cache"), out=str(root / "product"), epochs=4, backbone="resnet18", batch_size=16, device="cpu",
+                      fusion="product", init_from=str(out))  # fmt: skip
+    report = train(cfg, log=lambda *a: None)
+    card = json.loads((root / "product" / "model.json").read_text())
+    assert card["fusion"] == "product" and card["audio_weight"] == 0.5 and card["fusion_layers"] is None
+    assert set(report["stages"]) == set() and report["last_epoch"] is None and report["videos"] == 6
+    weights = load_file(str(root / "product" / "model.safetensors"))
+    for modality in ("audio", "visual"):
+        stage1 = load_file(str(out / f"stage1_{modality}.safetensors"))
+        assert all(torch.equal(weights[f"{modality}.{k}"], v) for k, v in stage1.items())
+    assert train(cfg, resume=True, log=lambda *a: None)["predictions"] == report["predictions"]  # read back, not refused as changed
+    res = Predictor(root / "product", device="cpu", visual_features=root / "table.csv").predict_file(root / "corpus" / "anger_00.mp4")
+    assert res["emotion"] is not None and res["face_rate"] == 1.0
+    with pytest.raises(RunError, match=r"--corr would do nothing here \(--fusion product trains no stage 2\)"):
+        TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", corr="fgh")
+    with pytest.raises(RunError, match=r"--audio-weight would do nothing here"):
+        TrainConfig(cache=str(root / "cache"), out=str(root / "x"), audio_weight=0.7)
+    with pytest.raises(RunError, match=r"--fusion would do nothing here \(an audio-only run has no stage 2\)"):
+        TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", modalities=("audio",))
+    with pytest.raises(RunError, match=r"--audio-weight must be in \[0, 1\]"):
+        TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", audio_weight=1.5)
+
+
 def test_real_action_units_match_every_ravdess_speech_file(shared_data, tmp_path):
     table = open_table(shared_data / "ravdess_au" / "ravdess_au_actors_01-12.csv")
     assert len(table.columns) == 35 and table.columns[0] == "AU01_r" and "video" not in table.columns

@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import typer
 
-from .config import BACKBONES, CORRS, FEATURE_NORMS, FEATURE_RECIPE, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY, RECIPES, SCHEDULES, SPLITS
+from .config import BACKBONES, CORRS, FEATURE_NORMS, FEATURE_RECIPE, FUSIONS, LEVELS, PAPER_FRACTIONS, PAPER_LAMS, PAPER_LAYERS, PAPER_RATES, QUICK_STUDY, RECIPES, SCHEDULES, SPLITS
 from .datasets import DATASETS
 
 DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N."
@@ -177,6 +177,8 @@ def train(
     out: Path = typer.Option(..., help="Run folder to write."),
     corr: Optional[Literal[CORRS]] = typer.Option(None, help=recipe_help("corr", "fgh (audio, visual, label), fg (audio, visual) or none (the paper's baseline).")),
     lam: Optional[float] = typer.Option(None, help=recipe_help("lam", "λ, the weight of the correlation loss.")),
+    fusion: Optional[Literal[FUSIONS]] = typer.Option(None, help=recipe_help("fusion", "network (the paper's fusion network, trained in stage 2) or product (the stage-1 networks' answers multiplied per window; no stage 2).")),
+    audio_weight: Optional[float] = typer.Option(None, help=recipe_help("audio_weight", "--fusion product: the audio network's weight w where a window has both inputs (0.5: the plain product).")),
     fusion_layers: Optional[int] = typer.Option(None, help=recipe_help("fusion_layers", "Hidden layers of the fusion network: 1, 2 or 4.")),
     epochs: Optional[int] = typer.Option(None, help=recipe_help("epochs", "Epochs of stage 1 (each network alone; a unimodal model's).")),
     joint_epochs: Optional[int] = typer.Option(None, help=recipe_help("joint_epochs", "Epochs of stage 2 (joint) after its fusion warm-up.")),
@@ -228,7 +230,7 @@ def train(
         epochs = pretrain_epochs
     with errors_reported("train", out):
         cfg = TrainConfig(
-            cache=str(cache), out=str(out), corr=corr, lam=lam, fusion_layers=fusion_layers, epochs=epochs, joint_epochs=joint_epochs,
+            cache=str(cache), out=str(out), corr=corr, lam=lam, fusion=fusion, audio_weight=audio_weight, fusion_layers=fusion_layers, epochs=epochs, joint_epochs=joint_epochs,
             joint_windows=joint_windows, val_windows=val_windows, batch_size=batch_size, lr=lr, seed=seed, backbone=backbone,
             pretrained=pretrained, modalities=tuple(m.strip() for m in modalities.split(",")), device=device,
             split=split, fold=fold, folds=folds or 6, labeled_fraction=labeled_fraction, init_from=str(init_from) if init_from else None, amp=amp,

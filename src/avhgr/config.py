@@ -45,6 +45,12 @@ QUICK_STUDY = dict(runs=1, epochs=1, joint_epochs=1, backbone="resnet18", batch_
                    layers=(1, 2), lams=(0.1, 1.0), fractions=(0.5, 1.0), rates=(0.0, 0.5))  # fmt: skip
 SCHEDULES = ("constant", "cosine")
 FUSION_LAYERS = (1, 2, 4)
+FUSIONS = ("network", "product")
+# What only stage 2 (the fusion network's training) uses: None where a run has no stage 2 (one
+# modality, or --fusion product), so that a recipe's default for it changing later does not make a
+# finished run look as if it had other settings.
+STAGE2_SETTINGS = ("corr", "lam", "fusion_layers", "feature_norm", "fusion_warmup", "lam_warmup", "joint_lr", "joint_epochs", "joint_windows",
+                   "modality_dropout")  # fmt: skip
 
 
 def setting(default=None, help: str = "", *, stage1: bool = False, warmup: bool = False, free: bool = False, legacy=MISSING):
@@ -87,6 +93,11 @@ class TrainConfig:
     level: str | None = setting(None, "Spectrogram level: absolute, recording or window (each window's own loudness removed).", stage1=True)
     evidence: bool | None = setting(None, "Windows without a found face have no visual input, without speech no audio input.", stage1=True)
     amp: bool | None = setting(None, "bf16 autocast (default: where the device computes bf16 natively; precision.default_amp).", stage1=True)
+    # -- how the two networks are combined
+    fusion: str | None = setting(None, "network (the paper's fusion network, trained in stage 2) or product (the stage-1 networks' answers "
+                                       "multiplied per window; no stage 2).", legacy="network")  # fmt: skip
+    audio_weight: float | None = setting(None, "--fusion product: the audio network's weight w where a window has both inputs "
+                                               "(p ∝ p_audio^2w · p_visual^2(1-w); 0.5: the plain product).", legacy=None)  # fmt: skip
     # -- stage 2
     corr: str | None = setting(None, "The correlation loss: fgh, fg, or none (the paper's baseline: CE alone).")
     lam: float | None = setting(None, "λ, the weight of L_corr against CE.")
@@ -132,23 +143,21 @@ class TrainConfig:
             self.refuse_noops(kind)
         # What cannot matter to this run is recorded as None, so that a recipe's default for it
         # changing later does not make a finished run look as if it had other settings.
-        if len(self.modalities) == 1:
-            for key in ("corr", "lam", "fusion_layers", "feature_norm", "fusion_warmup", "lam_warmup", "joint_lr", "joint_epochs",
-                        "joint_windows", "modality_dropout"):  # fmt: skip
-                setattr(self, key, None)
-        elif self.corr == "none":
-            self.lam = self.lam_warmup = None
+        for key in nothing_to(self.to_json()):
+            setattr(self, key, None)
 
     def _validate(self) -> None:
         def choice(key: str, allowed) -> None:
             if getattr(self, key) not in allowed:
                 raise RunError(f"--{key.replace('_', '-')} must be one of {', '.join(map(str, allowed))}; got {getattr(self, key)}")
 
-        for key, allowed in (("feature_norm", FEATURE_NORMS), ("schedule", SCHEDULES), ("level", LEVELS), ("backbone", BACKBONES),
+        for key, allowed in (("feature_norm", FEATURE_NORMS), ("schedule", SCHEDULES), ("level", LEVELS), ("backbone", BACKBONES), ("fusion", FUSIONS),
                              ("corr", CORRS), ("split", SPLITS), ("fusion_layers", FUSION_LAYERS), ("fold_partition", ("fixed", "seeded"))):  # fmt: skip
             choice(key, allowed)
         if not self.modalities or any(m not in MODALITIES for m in self.modalities):
             raise RunError(f"--modalities must be audio, visual or audio,visual; got {','.join(self.modalities)}")
+        if not 0 <= self.audio_weight <= 1:
+            raise RunError(f"--audio-weight must be in [0, 1]; got {self.audio_weight}")
         if not 0 <= self.modality_dropout < 1:
             raise RunError(f"--modality-dropout must be in [0, 1); got {self.modality_dropout}")
         if self.batch_size < 2:
@@ -175,11 +184,18 @@ class TrainConfig:
         given = lambda key: key in self.given  # noqa: E731
         noop = []
         if len(self.modalities) == 1:
-            noop += [(k, f"a {self.modalities[0]}-only run has no stage 2") for k in
+            alone = f"{'an' if self.modalities[0] == 'audio' else 'a'} {self.modalities[0]}-only run has no stage 2"
+            noop += [(k, alone) for k in
                      ("corr", "lam", "fusion_layers", "modality_dropout", "joint_epochs", "joint_windows", "lam_warmup", "fusion_warmup",
-                      "feature_norm") if given(k)]  # fmt: skip
+                      "feature_norm", "fusion", "audio_weight") if given(k)]  # fmt: skip
             if self.joint_lr is not None:
-                noop.append(("joint_lr", f"a {self.modalities[0]}-only run has no stage 2"))
+                noop.append(("joint_lr", alone))
+        elif self.fusion == "product":
+            noop += [(k, "--fusion product trains no stage 2") for k in STAGE2_SETTINGS if k != "joint_lr" and given(k)]
+            if self.joint_lr is not None:
+                noop.append(("joint_lr", "--fusion product trains no stage 2"))
+        elif given("audio_weight"):
+            noop.append(("audio_weight", "it weighs --fusion product's networks, and this run trains a fusion network"))
         elif self.corr == "none":
             noop += [(k, "--corr none trains without L_corr") for k in ("lam", "lam_warmup") if given(k)]
         if given("feature_noise") and self.feature_noise and ("visual" not in self.modalities or kind == "faces"):
@@ -225,11 +241,11 @@ RECIPES = {
     "paper": dict(backbone="resnet50", epochs=100, joint_epochs=100, feature_norm="none", lam_warmup=0, fusion_warmup=0, weight_decay=0.0,
                   schedule="constant", windows_per_epoch="all", joint_windows="same", val_windows="all", spec_augment=False,
                   face_augment=False, level="absolute", evidence=False, feature_noise=0.0, modality_dropout=0.0, batch_size=90, corr="fgh",
-                  lam=1.0, fusion_layers=2),
+                  lam=1.0, fusion_layers=2, fusion="network", audio_weight=0.5),
     "avhgr": dict(backbone="resnet18", epochs=12, joint_epochs=2, feature_norm="batch", lam_warmup=0, fusion_warmup=1, weight_decay=0.05,
                   schedule="cosine", windows_per_epoch=20, joint_windows="same", val_windows=20, spec_augment=True, face_augment=True,
                   level="window", evidence=True, feature_noise=0.0, modality_dropout=0.0, batch_size=64, corr="fgh", lam=1.0,
-                  fusion_layers=2),
+                  fusion_layers=2, fusion="network", audio_weight=0.5),
 }  # fmt: skip
 # A cache of facial features: what the real-data comparison chose for the avhgr recipe (docs/results.md):
 # feature noise and 5 windows per recording in stage 2 as it ran; one fusion layer, which validation
@@ -240,6 +256,17 @@ STAGE1_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("s
 WARMUP_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("warmup"))
 RESUME_FREE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("free"))
 HELP = {f.name: f.metadata["help"] for f in fields(TrainConfig) if "help" in f.metadata}
+
+
+def nothing_to(train: dict) -> tuple[str, ...]:
+    """The settings that do nothing for a run with these settings (recorded as None): stage 2's
+    for one modality or ``--fusion product``, the fusion for one modality, λ without L_corr, the
+    audio weight without the product."""
+    if len(train.get("modalities", MODALITIES)) == 1:
+        return (*STAGE2_SETTINGS, "fusion", "audio_weight")
+    if train.get("fusion") == "product":
+        return STAGE2_SETTINGS
+    return ("audio_weight",) + (("lam", "lam_warmup") if train.get("corr") == "none" else ())
 
 
 def cache_kind(cache: str | Path) -> str | None:
@@ -271,12 +298,8 @@ def upgrade(train: dict) -> dict:
         out["joint_windows"] = out["windows_per_epoch"]
     if out.get("fold") is None:
         out["fold_partition"] = "fixed"
-    if len(out.get("modalities", MODALITIES)) == 1:  # what cannot matter to it is None (TrainConfig.__post_init__)
-        for key in ("corr", "lam", "fusion_layers", "feature_norm", "fusion_warmup", "lam_warmup", "joint_lr", "joint_epochs",
-                    "joint_windows", "modality_dropout"):  # fmt: skip
-            out[key] = None
-    elif out.get("corr") == "none":
-        out["lam"] = out["lam_warmup"] = None
+    for key in nothing_to(out):  # what cannot matter to it is None (TrainConfig.__post_init__)
+        out[key] = None
     if out.get("amp") is None and "device" in out:  # before the rule: bf16 on CUDA only
         from .distributed import resolve_device
 

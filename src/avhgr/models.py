@@ -391,6 +391,9 @@ def build_model(card: dict) -> nn.Module:
     classes, modalities = len(card["classes"]), tuple(card["modalities"])
     features = card.get("visual_input", {}).get("columns")
     dim = len(features) if features else None
+    if len(modalities) == 2 and card.get("fusion") == "product":
+        return ProductModel(ModalityNet(classes, "audio", card["backbone"]), ModalityNet(classes, "visual", card["backbone"], feature_dim=dim),
+                            card["audio_weight"])  # fmt: skip
     if len(modalities) == 2:
         return AVHGRModel(classes, card["backbone"], card["fusion_layers"], feature_norm=card.get("feature_norm", "none"), feature_dim=dim)
     return ModalityNet(classes, modalities[0], card["backbone"], feature_dim=dim)

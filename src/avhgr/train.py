@@ -42,7 +42,7 @@ from .distributed import DistInfo, GlobalBatchNorm, all_sum, barrier, broadcast,
 from .errors import RunError, SettingsChanged, UserError
 from .evaluate import evaluate_videos, metrics, window_probabilities
 from .losses import joint_objective
-from .models import AVHGRModel, ModalityNet
+from .models import AVHGRModel, ModalityNet, ProductModel
 from .precision import autocast
 from .runs import RunFolder, apply_weights, link_or_copy, load_state, read_weights, split_document, weights_digest, weights_metadata
 from .stats import sample_std
@@ -236,6 +236,9 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
     if len(nets) == 1:  # trained on the device by fit, or taken from --init-from's run on the CPU: moved either way
         model: torch.nn.Module = nets[cfg.modalities[0]].to(s.device)
         tested = f"stage1_{cfg.modalities[0]}"
+    elif cfg.fusion == "product":  # late fusion: the stage-1 networks as they are, nothing trained on top
+        model = ProductModel(nets["audio"], nets["visual"], cfg.audio_weight).to(s.device)
+        tested = None
     else:
         torch.manual_seed(cfg.seed * 1000 + 99)
         model = AVHGRModel.from_stage1(nets, cfg.fusion_layers, cfg.feature_norm)
@@ -261,12 +264,16 @@ def train_run(cfg: TrainConfig, resume: bool = False, log=print, progress: bool 
         report |= s.test(model)
         kept_last = tested in stages and stages[tested]["best_epoch"] == stages[tested]["epochs"]  # the kept model is the last epoch's
         last = {"video_accuracy": report.get("video_accuracy"), "window_accuracy": report.get("window_accuracy")}
-        report["last_epoch"] = last if kept_last and s.dist.main else last_epoch_test(s, model, run.final(tested))
+        if tested is None:  # the product: its networks' epochs were chosen apart, there is no last epoch of its own
+            report["last_epoch"] = None
+        else:
+            report["last_epoch"] = last if kept_last and s.dist.main else last_epoch_test(s, model, run.final(tested))
     else:  # --split all: no test
         report |= {"video_accuracy": None, "window_accuracy": None, "videos": 0, "predictions": [], "last_epoch": None}
     report |= {"train_seconds": round(time.time() - t0, 2), "stages": stages}
     # What prediction needs to rebuild and feed the model, beside its weights.
-    card = {"classes": s.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone, "fusion_layers": cfg.fusion_layers,
+    card = {"classes": s.classes, "modalities": list(cfg.modalities), "backbone": cfg.backbone, "fusion": cfg.fusion,
+            "audio_weight": cfg.audio_weight, "fusion_layers": cfg.fusion_layers,
             "feature_norm": cfg.feature_norm, "audio_stats": list(s.audio_stats), "level": cfg.level, "evidence": cfg.evidence,
             "features": s.cache.settings["features"], "amp": cfg.amp,
             "visual_input": s.visual_input if "visual" in cfg.modalities else {"kind": "none"}}  # fmt: skip
