@@ -274,17 +274,16 @@ class Bench:
 
     def products(self, runs: dict, fold: int, seed: int) -> dict:
         """The product of the unit's two stage-1 networks (``ProductModel``), plain (audio weight 0.5)
-        and with the weight of best validation video accuracy (then window accuracy, then nearest
-        0.5), each with its test answers and missing-modality sweep. Each network answers every
+        and with the weight of best validation video accuracy over every cached window of the
+        validation recordings (ties: window accuracy, then nearest 0.5, then the lower weight),
+        each with its test answers and missing-modality sweep. Each network answers every
         validation and test window once; every weight and sweep combines those answers."""
-        import torch
-
         from avhgr.cache import Cache as _Cache
-        from avhgr.data import WindowReader, device_batches
+        from avhgr.data import WindowReader
         from avhgr.distributed import resolve_device
-        from avhgr.evaluate import channels_last, metrics, missing_sweep
+        from avhgr.evaluate import ProductAnswers, metrics, missing_sweep
         from avhgr.models import ProductModel
-        from avhgr.precision import autocast, inference_amp
+        from avhgr.precision import inference_amp
         from avhgr.runs import RunFolder, load_model
 
         dev = resolve_device(self.args.device)
@@ -298,18 +297,8 @@ class Bench:
         split = RunFolder(runs["baseline"]["folder"]).split()
         val, test = ([ids[e["path"]] for e in split[part]] for part in ("val", "test"))
         model, amp = ProductModel(audio, visual), inference_amp(card["amp"], dev)
-        every = reader.windows(val + test)  # sorted: a window's row is found by searchsorted
-        answers = []
-        with torch.no_grad(), channels_last(model):
-            for batch in device_batches(reader.read, [every[i : i + 256] for i in range(0, len(every), 256)], dev, channels_last=True):
-                with autocast(dev, amp):
-                    answers.append([t.cpu() for t in model.log_probs(batch)[:2]])
-        la, lv = (torch.cat([a[k] for a in answers]) for k in (0, 1))
-
-        def probabilities(r: WindowReader, windows: np.ndarray, w: float) -> np.ndarray:
-            rows = np.searchsorted(every, windows)
-            has = [torch.from_numpy(r.present[m][windows]) for m in ("audio", "visual")]
-            return torch.softmax(ProductModel.combine(la[rows], lv[rows], *has, w), dim=1).numpy()
+        answers = ProductAnswers(model, reader, reader.windows(val + test), dev, amp)
+        probabilities = answers.probabilities
 
         scored = {}
         for w in PRODUCT_WEIGHTS:

@@ -226,10 +226,13 @@ def test_settings_that_would_do_nothing_are_refused(tiny):
                      (dict(modalities=("visual",), modality_dropout=0.2), "--modality-dropout"),
                      (dict(feature_noise=0.5), "--feature-noise"), (dict(corr="none", lam=0.5), "--lam"),
                      (dict(modalities=("visual",), spec_augment=True), "--spec-augment"),
-                     (dict(modalities=("audio",), joint_lr=1e-4), "--joint-lr"), (dict(modalities=("visual",), level="window"), "--level")):  # fmt: skip
+                     (dict(modalities=("audio",), joint_lr=1e-4), "--joint-lr"), (dict(modalities=("visual",), level="window"), "--level"),
+                     (dict(fusion="product", joint_lr=1e-4), "--joint-lr"), (dict(fusion="product", modality_dropout=0.2), "--modality-dropout"),
+                     (dict(audio_weight=0.7), "--audio-weight"), (dict(modalities=("visual",), fusion="network"), "--fusion")):  # fmt: skip
         with pytest.raises(RunError, match=f"{word} would do nothing here"):
             TrainConfig(cache=cache, out="o", **kw)
     TrainConfig(cache=cache, out="o", corr="fg", lam=0.1, modality_dropout=0.2, joint_lr=1e-4, level="window")  # a joint run: all of them act
+    TrainConfig(cache=cache, out="o", fusion="product", audio_weight=0.7, level="window")  # the product: its weight acts
 
 
 # ------------------------------------------------------------------ 9. one precision rule

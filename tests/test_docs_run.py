@@ -48,7 +48,7 @@ def small(args: list[str]) -> list[str]:
     command = args[0]
     if command == "preprocess" and "--visual-features" in args:
         command = "preprocess:features"
-    elif command == "train" and "--modalities" in args:
+    elif command == "train" and ("--modalities" in args or "product" in args):  # one modality, or the product: no stage 2
         command = "train:one-modality"
     return args + SMALL[command]
 

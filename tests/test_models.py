@@ -199,5 +199,12 @@ def test_product_model_multiplies_the_networks_answers_where_a_window_has_both_i
         tilted = torch.softmax(ProductModel(audio, visual, audio_weight=1.0)(batch).logits, dim=1)
         assert torch.allclose(tilted[0], pa[0] ** 2 / (pa[0] ** 2).sum(), atol=1e-5)  # p_audio^2w · p_visual^2(1-w)
         assert torch.allclose(tilted[1], pa[1], atol=1e-5) and torch.allclose(tilted[2], pv[2], atol=1e-5)
+        nothing = make_batch(visual=feats, audio=specs, visual_present=torch.tensor([False, True, False]),
+                             audio_present=torch.tensor([False, True, False]))  # fmt: skip
+        assert torch.equal(ProductModel(audio, visual)(nothing).logits[[0, 2]], torch.zeros(2, NUM_CLASSES))  # no input: no answer
     with pytest.raises(ValueError, match="an audio and a visual network"):
         ProductModel(visual, audio)
+    with pytest.raises(ValueError, match="have 6 and 4 classes"):
+        ProductModel(audio, ModalityNet(4, "visual", feature_dim=7))
+    with pytest.raises(ValueError, match=r"audio_weight must be in \[0, 1\]"):
+        ProductModel(audio, visual, audio_weight=-0.1)

@@ -219,10 +219,17 @@ def test_a_run_made_before_a_setting_existed_still_resumes(tmp_path):
 
     from avhgr.runs import RunFolder
 
+    newer = ("feature_noise", "modality_dropout", "fusion", "audio_weight")
+    for kw in ({}, {"corr": "none"}, {"modalities": ("audio",)}):  # a joint run with L_corr, the baseline, a unimodal run
+        settings = {"train": TrainConfig(cache="c", out="o", **kw).to_json(), "cache_settings": {"windows": 4}}
+        old = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in newer}}
+        (tmp_path / "config.json").write_text(json.dumps(old))
+        RunFolder(tmp_path).check(settings, resume=True)  # no noise, no dropout, the fusion network: the same run
     settings = {"train": TrainConfig(cache="c", out="o").to_json(), "cache_settings": {"windows": 4}}
-    old = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in ("feature_noise", "modality_dropout")}}
+    old = {**settings, "train": {k: v for k, v in settings["train"].items() if k not in newer}}
     (tmp_path / "config.json").write_text(json.dumps(old))
-    RunFolder(tmp_path).check(settings, resume=True)  # the old run had no noise and no dropout: the same run
+    with pytest.raises(RunError):  # a joint run made before --fusion existed trained a fusion network, not the product
+        RunFolder(tmp_path).check({**settings, "train": TrainConfig(cache="c", out="o", fusion="product").to_json()}, resume=True)
     noisy = {**settings, "train": {**settings["train"], "feature_noise": 0.5}}
     with pytest.raises(RunError):
         RunFolder(tmp_path).check(noisy, resume=True)

@@ -195,10 +195,45 @@ def test_a_product_run_takes_stage_1_as_it_is_and_trains_nothing_on_top(feature_
         TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", corr="fgh")
     with pytest.raises(RunError, match=r"--audio-weight would do nothing here"):
         TrainConfig(cache=str(root / "cache"), out=str(root / "x"), audio_weight=0.7)
-    with pytest.raises(RunError, match=r"--fusion would do nothing here \(an audio-only run has no stage 2\)"):
+    with pytest.raises(RunError, match=r"--fusion would do nothing here \(an audio-only run has one network: nothing to combine\)"):
         TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", modalities=("audio",))
     with pytest.raises(RunError, match=r"--audio-weight must be in \[0, 1\]"):
         TrainConfig(cache=str(root / "cache"), out=str(root / "x"), fusion="product", audio_weight=1.5)
+
+
+def test_a_product_run_keeps_its_weight_and_one_answer_of_each_network_serves_every_weight_and_sweep(feature_run):
+    """A product trained with its own stage 1 and --audio-weight 0.8 answers as its card rebuilds it;
+    ProductAnswers (each network run once) gives the same probabilities as the model itself, at any
+    weight and with a modality taken from some recordings, and the missing-modality sweep built on
+    it gives the same answers as the sweep that runs the model."""
+    from avhgr.data import WindowReader
+    from avhgr.evaluate import ProductAnswers, evaluate_run, missing_sweep, window_probabilities
+    from avhgr.models import ProductModel
+    from avhgr.runs import RunFolder, load_model
+
+    root, _, _ = feature_run
+    out = root / "product_own"
+    report = train(TrainConfig(cache=str(root / "cache"), out=str(out), epochs=1, backbone="resnet18", batch_size=16, device="cpu",
+                               fusion="product", audio_weight=0.8), log=lambda *a: None)  # fmt: skip
+    assert set(report["stages"]) == {"stage1_audio", "stage1_visual"}
+    model, card = load_model(out, torch.device("cpu"))
+    assert isinstance(model, ProductModel) and model.audio_weight == 0.8 == card["audio_weight"]
+    assert evaluate_run(out, device="cpu")["predictions"] == report["predictions"]  # the card rebuilds the model that was tested
+    data = Cache.open(root / "cache")
+    reader = WindowReader(data, tuple(card["audio_stats"]), ("audio", "visual"), card["level"], card["evidence"], card["visual_input"]["stats"])
+    ids = {v["path"]: v["id"] for v in data.videos}
+    test = [ids[e["path"]] for e in RunFolder(out).split()["test"]]
+    answers = ProductAnswers(model, reader, reader.windows(test), torch.device("cpu"))
+    for w in (0.8, 0.2):
+        for r in (reader, reader.dropping({test[0]: "audio", test[1]: "visual"})):
+            windows = r.windows(test)
+            direct = window_probabilities(ProductModel(model.audio, model.visual, w), r, windows, torch.device("cpu"))
+            assert np.abs(answers.probabilities(r, windows, w) - direct).max() < 1e-5
+    swept = missing_sweep(model, reader, data, test, "cpu", rates=(0.5,), seed=1)
+    fast = missing_sweep(model, reader, data, test, "cpu", rates=(0.5,), seed=1, probabilities=lambda r, w: answers.probabilities(r, w, 0.8))
+    assert {k: m["predictions"] for k, m in swept.items()} == {k: m["predictions"] for k, m in fast.items()}
+    with pytest.raises(ValueError, match="did not answer"):
+        answers.probabilities(reader, reader.windows([v for v in ids.values() if v not in test][:1]), 0.5)
 
 
 def test_real_action_units_match_every_ravdess_speech_file(shared_data, tmp_path):

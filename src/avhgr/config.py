@@ -181,23 +181,16 @@ class TrainConfig:
     def refuse_noops(self, kind: str) -> None:
         """Refuse, in one line, a setting given explicitly that would do nothing for this run
         (``kind``: the cache's visual input, "faces" or "features")."""
-        given = lambda key: key in self.given  # noqa: E731
-        noop = []
+        given = lambda key: key in self.given or (key == "joint_lr" and self.joint_lr is not None)  # noqa: E731  # joint_lr: no recipe fills it
         if len(self.modalities) == 1:
-            alone = f"{'an' if self.modalities[0] == 'audio' else 'a'} {self.modalities[0]}-only run has no stage 2"
-            noop += [(k, alone) for k in
-                     ("corr", "lam", "fusion_layers", "modality_dropout", "joint_epochs", "joint_windows", "lam_warmup", "fusion_warmup",
-                      "feature_norm", "fusion", "audio_weight") if given(k)]  # fmt: skip
-            if self.joint_lr is not None:
-                noop.append(("joint_lr", alone))
+            one = f"{'an' if self.modalities[0] == 'audio' else 'a'} {self.modalities[0]}-only run"
+            why = lambda k: f"{one} has one network: nothing to combine" if k in ("fusion", "audio_weight") else f"{one} has no stage 2"  # noqa: E731
         elif self.fusion == "product":
-            noop += [(k, "--fusion product trains no stage 2") for k in STAGE2_SETTINGS if k != "joint_lr" and given(k)]
-            if self.joint_lr is not None:
-                noop.append(("joint_lr", "--fusion product trains no stage 2"))
-        elif given("audio_weight"):
-            noop.append(("audio_weight", "it weighs --fusion product's networks, and this run trains a fusion network"))
-        elif self.corr == "none":
-            noop += [(k, "--corr none trains without L_corr") for k in ("lam", "lam_warmup") if given(k)]
+            why = lambda k: "--fusion product trains no stage 2"  # noqa: E731
+        else:
+            why = lambda k: ("it weighs the networks of --fusion product, and this run trains a fusion network" if k == "audio_weight"  # noqa: E731
+                             else "--corr none trains without L_corr")  # fmt: skip
+        noop = [(k, why(k)) for k in nothing_to(self.to_json()) if given(k)]
         if given("feature_noise") and self.feature_noise and ("visual" not in self.modalities or kind == "faces"):
             noop.append(("feature_noise", "it applies to facial features, and this run has none"))
         if given("face_augment") and self.face_augment and ("visual" not in self.modalities or kind == "features"):

@@ -21,6 +21,7 @@ from .config import upgrade
 from .data import WindowReader, device_batches
 from .distributed import resolve_device
 from .errors import RunError
+from .models import ProductModel
 from .precision import autocast, inference_amp
 from .runs import RunFolder, load_model
 
@@ -60,6 +61,33 @@ def window_probabilities(
                 logits = model(batch).logits
             out.append(torch.softmax(logits.float(), dim=1))  # stays on the device: one copy at the end
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+class ProductAnswers:
+    """The two networks of a ``ProductModel``, each run once over ``windows``: the product's window
+    probabilities at any audio weight and under any reader that takes inputs away from some of
+    those windows (``WindowReader.dropping``, the missing-modality study), without running the
+    networks again. They equal ``window_probabilities`` of ``ProductModel(audio, visual, w)``."""
+
+    def __init__(self, model, reader: WindowReader, windows: np.ndarray, device, amp: bool = False, batch_size: int = 256):
+        self.windows = np.unique(windows)  # sorted: a window's row is found by searchsorted
+        answers = []
+        model.eval()
+        with torch.no_grad(), channels_last(model):
+            chunks = [self.windows[i : i + batch_size] for i in range(0, len(self.windows), batch_size)]
+            for batch in device_batches(reader.read, chunks, device, channels_last=True):
+                with autocast(device, amp):
+                    answers.append([t.float().cpu() for t in model.log_probs(batch)[:2]])
+        self.audio, self.visual = (torch.cat([a[k] for a in answers]) for k in (0, 1)) if answers else (torch.zeros(0), torch.zeros(0))
+
+    def probabilities(self, reader: WindowReader, windows: np.ndarray, audio_weight: float) -> np.ndarray:
+        """The product's probabilities of ``windows`` as ``reader`` feeds them: each network's answer
+        where that reader has its input (a reader may only take inputs away, never add them)."""
+        rows = np.searchsorted(self.windows, windows)
+        if len(windows) and (rows.max() >= len(self.windows) or not np.array_equal(self.windows[rows], windows)):
+            raise ValueError("ProductAnswers: asked for windows it did not answer")
+        has = [torch.from_numpy(reader.present[m][windows]) for m in ("audio", "visual")]
+        return torch.softmax(ProductModel.combine(self.audio[rows], self.visual[rows], *has, audio_weight), dim=1).numpy()
 
 
 def video_scores(probs: np.ndarray, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
