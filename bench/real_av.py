@@ -39,7 +39,10 @@ between train and test. In each unit:
    it, the two unimodal networks, and their product of experts (``models.ProductModel``: per window
    p ∝ p_audio · p_visual, nothing trained on top), plain and with the audio weight chosen on the
    fold's validation actors; each fused model with the missing-modality sweep. Its question, named
-   before running: **product − baseline**, unit the actor.
+   before running: **product − baseline**, unit the actor. The rule for the defaults, written after
+   its first unit (fold 0, seed 0) and before the others: a cache of facial features defaults to
+   ``--fusion product`` only if product − fgh (the default model, from the same stage 1) is above
+   zero with its whole interval over actors.
 
 The settings are pinned (``PINNED``): the recipe as the benchmark started under, so that a later
 change of the defaults for facial features does not change the units still to run.
